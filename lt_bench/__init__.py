@@ -1,0 +1,3 @@
+"""lt-bench: a benchmark suite for long-tailed image recognition."""
+
+__version__ = "0.1.0"

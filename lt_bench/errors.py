@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints their message as one line and exits with code 2."""
+
+
+class LTBenchError(Exception):
+    """A problem with the user's input (config, data, arguments) that names the fix."""
+
+
+class ConfigError(LTBenchError):
+    """An unknown, missing or ill-typed configuration key or value."""
+
+
+class DataError(LTBenchError):
+    """A missing, incomplete or corrupt dataset file."""
