@@ -70,9 +70,7 @@ class Registry:
     def get(self, name: str) -> Callable[..., Any]:
         self._load()
         if name not in self._entries:
-            raise ConfigError(
-                f"unknown {self.kind[:-1]} '{name}'; valid names: {', '.join(self.names())}"
-            )
+            raise ConfigError(f"unknown {self.kind[:-1]} '{name}'; valid names: {', '.join(self.names())}")
         return self._entries[name]
 
     def meta(self, name: str) -> dict[str, Any]:

@@ -1,0 +1,3 @@
+from lt_bench.cli import main
+
+raise SystemExit(main())

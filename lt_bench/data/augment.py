@@ -1,0 +1,63 @@
+"""Batched image augmentation as tensor ops, on whatever device the batch is on.
+
+In-memory datasets (CIFAR-LT, Fashion-MNIST-LT) hand uint8 ``[B, H, W, C]`` batches to the model's
+device; these functions augment and normalise them there, so the CPU and the GPU run the same code.
+Randomness comes from torch's generator of the batch's device (seeded by ``seed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lt_bench.errors import ConfigError
+
+AUGMENTATIONS = ("none", "crop_flip")
+
+
+def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """Zero-pad by ``padding`` and take one random ``H x W`` crop per image (``[B, H, W, C]``).
+
+    Same distribution as torchvision ``RandomCrop(size, padding)``: offsets uniform in
+    ``[0, 2 * padding]`` on each axis.
+    """
+    if padding == 0:
+        return images
+    b, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b, 1, 1), device=images.device)
+    dx = torch.randint(0, 2 * padding + 1, (b, 1, 1), device=images.device)
+    rows = dy + torch.arange(h, device=images.device).view(1, h, 1)
+    cols = dx + torch.arange(w, device=images.device).view(1, 1, w)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1)
+    return padded[batch, rows, cols]
+
+
+def random_hflip(images: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p`` (``[B, H, W, C]``)."""
+    flip = torch.rand(images.shape[0], device=images.device) < p
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)
+
+
+def to_normalized_nchw(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``[B, H, W, C]`` -> float ``[B, C, H, W]``, ``(x / 255 - mean) / std``."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+class BatchAugment:
+    """Train-time augmentation of uint8 batches followed by normalisation."""
+
+    def __init__(self, name: str, mean: Sequence[float], std: Sequence[float], padding: int = 4):
+        if name not in AUGMENTATIONS:
+            raise ConfigError(f"unknown data.train_augment '{name}'; valid: {', '.join(AUGMENTATIONS)}")
+        self.name, self.mean, self.std, self.padding = name, list(mean), list(std), padding
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.name == "crop_flip":
+            images = random_hflip(random_crop(images, self.padding))
+        return to_normalized_nchw(images, self.mean, self.std)

@@ -1,0 +1,114 @@
+"""The Lightning data module shared by every method.
+
+In-memory datasets yield uint8 ``[B, H, W, C]`` batches; ``on_after_batch_transfer`` augments (train)
+or only normalises (evaluation) them on the model's device with ``lt_bench.data.augment``. Image-file
+datasets decode and transform each image in loader workers with torchvision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from lt_bench.data.augment import BatchAugment, to_normalized_nchw
+from lt_bench.data.base import ArraySplit, FileSplit, Split
+from lt_bench.data.images import FileImageDataset
+
+
+class ArrayDataset(Dataset):
+    """Index access to an ``ArraySplit``; ``__getitems__`` fetches a whole batch in one slice."""
+
+    def __init__(self, split: ArraySplit) -> None:
+        self.images = torch.from_numpy(split.images)
+        self.targets = torch.from_numpy(split.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.targets[idx]
+
+
+def _keep_batch(batch: Any) -> Any:
+    return batch
+
+
+def file_transforms(train: bool, size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    """The standard ImageNet-style pipeline: RandomResizedCrop + flip, or Resize + CenterCrop."""
+    if train:
+        ops = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+    else:
+        ops = [T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size)]
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
+
+
+class LTDataModule(L.LightningDataModule):
+    """Train / val / test loaders for one ``LTDataset``; ``test_sets`` are evaluated in order."""
+
+    def __init__(
+        self,
+        train: Split,
+        val: Split | None,
+        test_sets: dict[str, Split],
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int,
+        eval_batch_size: int,
+        train_augment: str = "crop_flip",
+        crop_padding: int = 4,
+        image_size: int = 224,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train, self.val, self.test_sets = train, val, test_sets
+        self.mean, self.std = list(mean), list(std)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.image_size, self.num_workers = image_size, num_workers
+        self.augment = BatchAugment(train_augment, mean, std, crop_padding)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, ArraySplit)
+
+    def _loader(self, split: Split, train: bool) -> DataLoader:
+        if isinstance(split, ArraySplit):
+            dataset: Dataset = ArrayDataset(split)
+            kwargs: dict[str, Any] = {"collate_fn": _keep_batch}
+        else:
+            assert isinstance(split, FileSplit)
+            dataset = FileImageDataset(split, file_transforms(train, self.image_size, self.mean, self.std))
+            kwargs = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=False,
+            pin_memory=torch.cuda.is_available(),
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val, train=False) if self.val is not None else []
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(split, train=False) for split in self.test_sets.values()]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, targets = batch
+        if images.dtype != torch.uint8:
+            return images, targets
+        if self.trainer is not None and self.trainer.training:
+            return self.augment(images), targets
+        return to_normalized_nchw(images, self.mean, self.std), targets

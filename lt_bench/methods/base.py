@@ -1,0 +1,157 @@
+"""The base method: a LightningModule that owns everything methods share.
+
+A method subclasses ``BaseMethod``, registers itself with ``@register_method("<name>")`` and
+overrides only ``compute_loss`` (and, where it has them, ``build_model``, ``predict_logits`` or an
+extra stage). ``forward`` returns one output structure for every method: ``logits`` always;
+``features``, ``expert_logits`` and ``uncertainty`` where the method has them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from lt_bench.errors import ConfigError
+from lt_bench.metrics import LTMetrics
+from lt_bench.models import make_classifier
+from lt_bench.registry import BACKBONES
+from lt_bench.schedules import lr_factor
+
+Outputs = dict[str, Tensor]
+
+
+class BaseMethod(L.LightningModule):
+    """Backbone + classifier, SGD with a per-epoch schedule, evaluation through ``LTMetrics``.
+
+    ``cfg`` is the resolved run config; ``train_counts`` the training images per class (``n_c``).
+    """
+
+    #: method options used when no ``configs/method/<name>.yaml`` exists (plugins)
+    default_config: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        train_counts: Sequence[int],
+        in_channels: int = 3,
+        eval_names: Sequence[str] = ("test",),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: DictConfig = OmegaConf.create(cfg)
+        self.num_classes = len(train_counts)
+        self.register_buffer("class_counts", torch.as_tensor(np.asarray(train_counts), dtype=torch.float))
+        self.in_channels = in_channels
+        self.build_model()
+        self.val_metrics = LTMetrics(train_counts)
+        self.test_metrics = nn.ModuleDict({name: LTMetrics(train_counts) for name in eval_names})
+        self.results: dict[str, dict[str, Any]] = {}
+        self.confusions: dict[str, np.ndarray] = {}
+        self.train_images_seen = 0
+
+    # --- model -------------------------------------------------------------------------------
+    @property
+    def method_cfg(self) -> DictConfig:
+        return self.cfg.method
+
+    @property
+    def class_prior(self) -> Tensor:
+        """``pi_c = n_c / N``."""
+        return self.class_counts / self.class_counts.sum()
+
+    def build_backbone(self) -> nn.Module:
+        options = {k: v for k, v in self.cfg.backbone.items() if k != "name"}
+        return BACKBONES.get(self.cfg.backbone.name)(in_channels=self.in_channels, **options)
+
+    def build_model(self) -> None:
+        """Default model: ``backbone`` features -> ``classifier`` (``method.classifier`` kind)."""
+        self.backbone = self.build_backbone()
+        self.classifier = make_classifier(
+            self.method_cfg.get("classifier", "linear"),
+            self.backbone.feature_dim,
+            self.num_classes,
+            scale=self.classifier_scale(),
+        )
+
+    def classifier_scale(self) -> float:
+        """Scale of a cosine classifier (``method.scale``, 1 when absent)."""
+        return self.method_cfg.get("scale", 1.0)
+
+    def forward(self, images: Tensor) -> Outputs:
+        features = self.backbone(images)
+        return {"logits": self.classifier(features), "features": features}
+
+    # --- training ----------------------------------------------------------------------------
+    def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, targets = batch
+        loss = self.compute_loss(self(images), targets)
+        self.train_images_seen += images.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; methods with per-group learning rates override this."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def configure_optimizers(self) -> Any:
+        optim = self.cfg.optim
+        if optim.name != "sgd":
+            raise ConfigError(f"unknown optim.name '{optim.name}'; valid: sgd")
+        optimizer = torch.optim.SGD(
+            self.parameter_groups(),
+            lr=optim.lr,
+            momentum=optim.momentum,
+            weight_decay=optim.weight_decay,
+            nesterov=optim.nesterov,
+        )
+        factor = lr_factor(OmegaConf.to_container(self.cfg.schedule), optim.lr, self.cfg.trainer.max_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # --- evaluation --------------------------------------------------------------------------
+    def predict_logits(self, outputs: Outputs) -> Tensor:
+        """Scores used for prediction and calibration (post-hoc adjustments override this)."""
+        return outputs["logits"]
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, targets = batch
+        self.val_metrics.update(self.predict_logits(self(images)).float(), targets)
+
+    def _finish(self, name: str, metric: LTMetrics) -> dict[str, Any]:
+        """Compute ``metric`` into ``results[name]`` (with per-class test counts) and keep its confusion."""
+        confusion = metric.confusion_matrix().cpu().numpy()
+        result = metric.compute()
+        result["class_counts"] = confusion.sum(axis=1).tolist()
+        self.results[name], self.confusions[name] = result, confusion
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._finish("val", self.val_metrics)
+        for key in ("top1", "balanced_acc", "many", "medium", "few", "worst_class"):
+            if not np.isnan(result[key]):
+                self.log(f"val/{key}", result[key], sync_dist=False)
+
+    def on_test_epoch_start(self) -> None:
+        for metric in self.test_metrics.values():
+            metric.reset()
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, targets = batch
+        metric = list(self.test_metrics.values())[dataloader_idx]
+        metric.update(self.predict_logits(self(images)).float(), targets)
+
+    def on_test_epoch_end(self) -> None:
+        for name, metric in self.test_metrics.items():
+            self._finish(name, metric)

@@ -1,0 +1,1 @@
+"""Run records, provenance and benchmark tables."""

@@ -1,0 +1,84 @@
+"""Benchmark tables from run records: mean ± std over seeds (sample std, ddof = 1) and the seed count."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from lt_bench.reports.record import find_records, read_record
+
+COLUMNS = ("top1", "many", "medium", "few", "worst_class", "harmonic_mean", "ece")
+KEYS = ("dataset", "imbalance_factor", "method")
+FORMATS = ("md", "csv", "latex")
+
+
+def records_frame(paths: list[Path]) -> pd.DataFrame:
+    """One row per run (test-set metrics); a re-run of the same seed keeps the newest record."""
+    rows = []
+    for path in find_records(paths):
+        record = read_record(path)
+        test = record["metrics"]["test"]
+        rows.append(
+            {
+                **{key: record[key] for key in KEYS},
+                "seed": record["seed"],
+                "finished": record["provenance"]["finished"],
+                **{col: test.get(col) for col in COLUMNS},
+            }
+        )
+    frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "finished", *COLUMNS])
+    frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
+    frame = frame.sort_values("finished").drop_duplicates([*KEYS, "seed"], keep="last")
+    return frame.drop(columns="finished").sort_values([*KEYS, "seed"], ignore_index=True)
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, IF, method): ``n`` seeds, ``<col>_mean`` and ``<col>_std`` (NaN for one seed)."""
+    grouped = frame.groupby(list(KEYS), sort=True, dropna=False)
+    out = grouped.size().rename("n").to_frame()
+    for col in COLUMNS:
+        out[f"{col}_mean"] = grouped[col].mean()
+        out[f"{col}_std"] = grouped[col].std(ddof=1)
+    return out.reset_index()
+
+
+def _cell(mean: float, std: float, pm: str) -> str:
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(std):
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} {pm} {100 * std:.2f}"
+
+
+def render(summary: pd.DataFrame, fmt: str = "md") -> str:
+    """The table in Markdown, CSV (raw fractions) or LaTeX; accuracies shown in percent."""
+    if fmt == "csv":
+        return summary.to_csv(index=False)
+    pm = r"$\pm$" if fmt == "latex" else "±"
+    shown = pd.DataFrame(
+        {
+            "dataset": summary["dataset"],
+            "IF": summary["imbalance_factor"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
+            "method": summary["method"],
+            "n": summary["n"],
+            **{
+                col: [
+                    _cell(m, s, pm)
+                    for m, s in zip(summary[f"{col}_mean"], summary[f"{col}_std"], strict=True)
+                ]
+                for col in COLUMNS
+            },
+        }
+    )
+    if fmt == "latex":
+        return shown.to_latex(index=False, escape=False)
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "|" + "|".join("---" if c in ("dataset", "method") else "---:" for c in shown.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def table(paths: list[Path], fmt: str = "md") -> str:
+    return render(summarize(records_frame(paths)), fmt)

@@ -1,0 +1,215 @@
+"""One training run: build data and method from a resolved config, fit, evaluate, write the record."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lt_bench.data.base import ArraySplit, LTDataset, Split
+from lt_bench.data.module import LTDataModule
+from lt_bench.data.splits import test_agnostic_sets
+from lt_bench.errors import ConfigError
+from lt_bench.methods.base import BaseMethod
+from lt_bench.registry import DATASETS, METHODS
+from lt_bench.reports import provenance
+from lt_bench.reports.record import RECORD_FILE, SCHEMA_VERSION, write_arrays, write_per_class, write_record
+
+#: dataset config keys that are not arguments of the dataset factory
+DATASET_RESERVED = ("name", "mean", "std")
+
+
+def build_dataset(dataset_cfg: DictConfig) -> LTDataset:
+    """Call the registered dataset factory with the config's keys (minus normalisation)."""
+    factory = DATASETS.get(dataset_cfg.name)
+    kwargs = {k: v for k, v in OmegaConf.to_container(dataset_cfg).items() if k not in DATASET_RESERVED}
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join('dataset.' + k for k in unknown)} for dataset "
+            f"'{dataset_cfg.name}'; valid keys: {', '.join('dataset.' + k for k in accepted)}"
+        )
+    return factory(**kwargs)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Short hash of the config without output location, run id and trainer plumbing."""
+    data = OmegaConf.to_container(cfg)
+    for key in ("output_dir", "run_id", "logger"):
+        data.pop(key, None)
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def method_label(cfg: DictConfig) -> str:
+    return cfg.get("label") or cfg.method.name
+
+
+def default_run_id(cfg: DictConfig) -> str:
+    imbalance = cfg.dataset.get("imbalance_factor")
+    if_part = f"-if{imbalance:g}" if isinstance(imbalance, int | float) else ""
+    return f"{cfg.dataset.name}{if_part}-{method_label(cfg)}-seed{cfg.seed}-{config_hash(cfg)}"
+
+
+def in_channels(split: Split) -> int:
+    return split.images.shape[-1] if isinstance(split, ArraySplit) else 3
+
+
+def evaluation_sets(dataset: LTDataset, cfg: DictConfig) -> dict[str, Split]:
+    sets: dict[str, Split] = {"test": dataset.test}
+    if cfg.eval.test_agnostic:
+        sets.update(
+            {f"test_{k}": v for k, v in test_agnostic_sets(dataset.test, dataset.train_counts).items()}
+        )
+    return sets
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
+    callbacks: list[L.Callback] = []
+    if cfg.logger.progress_bar and sys.stdout.isatty():
+        callbacks.append(RichProgressBar())
+    monitor = cfg.eval.checkpoint == "best_val"
+    callbacks.append(
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            save_last=True,
+            save_top_k=1 if monitor else 0,
+            monitor="val/balanced_acc" if monitor else None,
+            mode="max",
+            filename="best",
+        )
+    )
+    return callbacks
+
+
+def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    loggers: list[Any] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(run_dir, name="logs", version=""))
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+    return loggers
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool) -> L.Trainer:
+    """Lightning Trainer from ``cfg.trainer``; validation during fit every ``eval.val_every_n_epochs``."""
+    kwargs = OmegaConf.to_container(cfg.trainer)
+    every = cfg.eval.val_every_n_epochs
+    if not (validate_during_fit and every > 0):
+        every = cfg.trainer.max_epochs + 1  # never during fit; trainer.validate runs after it
+    kwargs.setdefault("check_val_every_n_epoch", every)
+    kwargs.setdefault("enable_progress_bar", bool(cfg.logger.progress_bar and sys.stdout.isatty()))
+    return L.Trainer(
+        **kwargs,
+        logger=_loggers(cfg, run_dir) or False,
+        callbacks=_callbacks(cfg, run_dir),
+        default_root_dir=run_dir,
+    )
+
+
+def run(cfg: DictConfig, quiet: bool = False) -> Path:
+    """Train and evaluate the run described by ``cfg``; return the path of its record."""
+    run_id = cfg.run_id or default_run_id(cfg)
+    run_dir = Path(cfg.output_dir) / run_id
+    record_path = run_dir / RECORD_FILE
+    if record_path.exists():
+        if not quiet:
+            print(f"{run_id}: already complete ({record_path}); delete the folder to run it again")
+        return record_path
+    if cfg.eval.checkpoint not in ("last", "best_val"):
+        raise ConfigError(f"eval.checkpoint={cfg.eval.checkpoint!r}; valid: last, best_val")
+
+    started = datetime.now(timezone.utc)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dataset = build_dataset(cfg.dataset)
+    if cfg.eval.checkpoint == "best_val" and dataset.val is None:
+        raise ConfigError("eval.checkpoint=best_val needs a validation split; this dataset has none")
+    test_sets = evaluation_sets(dataset, cfg)
+    datamodule = LTDataModule(
+        dataset.train,
+        dataset.val,
+        test_sets,
+        mean=cfg.dataset.mean,
+        std=cfg.dataset.std,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        train_augment=cfg.data.train_augment,
+        crop_padding=cfg.data.crop_padding,
+        image_size=cfg.data.image_size,
+        num_workers=cfg.data.num_workers,
+    )
+    method_cls = METHODS.get(cfg.method.name)
+    method: BaseMethod = method_cls(
+        cfg=OmegaConf.to_container(cfg),
+        train_counts=dataset.train_counts.tolist(),
+        in_channels=in_channels(dataset.train),
+        eval_names=list(test_sets),
+    )
+    trainer = _trainer(cfg, run_dir, validate_during_fit=dataset.val is not None)
+
+    t0 = time.perf_counter()
+    trainer.fit(method, datamodule=datamodule)
+    train_seconds = time.perf_counter() - t0
+    epochs_done = trainer.current_epoch
+
+    ckpt = "best" if cfg.eval.checkpoint == "best_val" else None
+    t1 = time.perf_counter()
+    if dataset.val is not None:
+        trainer.validate(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    eval_seconds = time.perf_counter() - t1
+    eval_images = sum(r["num_samples"] for r in method.results.values())
+
+    record = {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "method": method_label(cfg),
+        "method_name": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        "imbalance_factor": dataset.info.get("imbalance_factor"),
+        "seed": cfg.seed,
+        "subset_seed": dataset.info.get("subset_seed"),
+        "experiment": cfg.experiment,
+        "checkpoint": cfg.eval.checkpoint,
+        "uses_test_data_for_training": False,
+        "metrics": method.results,
+        "class_names": dataset.class_names,
+        "train_counts": dataset.train_counts.tolist(),
+        "shot_groups": dataset.shot_groups(),
+        "num_train": len(dataset.train),
+        "num_val": len(dataset.val) if dataset.val is not None else 0,
+        "val_missing_classes": dataset.info.get("val_missing_classes", []),
+        "data_source": dataset.info.get("source"),
+        "config": OmegaConf.to_container(cfg),
+        "provenance": {
+            **{f"git_{k}": v for k, v in provenance.git_state().items()},
+            "versions": provenance.package_versions(),
+            "device": provenance.device_name(cfg.trainer.accelerator),
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        },
+        "timing": {
+            "epochs": epochs_done,
+            "train_seconds": round(train_seconds, 3),
+            "eval_seconds": round(eval_seconds, 3),
+            "train_images_per_second": round(method.train_images_seen / train_seconds, 1),
+            "eval_images_per_second": round(eval_images / eval_seconds, 1),
+        },
+    }
+    arrays = {f"confusion_{k}": v for k, v in method.confusions.items() if v.shape[0] <= 1000}
+    if dataset.train_indices is not None:
+        arrays["train_indices"] = dataset.train_indices
+    write_arrays(run_dir, arrays)
+    write_per_class(run_dir, dataset.class_names, dataset.train_counts, method.results)
+    return write_record(run_dir, record)
