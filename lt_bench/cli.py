@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser(
         "summary",
         help="class counts, splits and shot groups of a dataset",
-        description="e.g. lt-bench data summary dataset=cifar10_lt dataset.root=DIR dataset.imbalance_factor=100",
+        description="Example: lt-bench data summary dataset=cifar10_lt dataset.root=DIR "
+        "dataset.imbalance_factor=100",
     )
     p.add_argument("overrides", nargs="*", help="dataset=<name> and dataset.<key>=<value>")
     p.add_argument("--json", action="store_true", help="print one JSON object")
