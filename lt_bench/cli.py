@@ -1,4 +1,4 @@
-"""The ``lt-bench`` command: run | table | list | data summary | data pack."""
+"""The ``lt-bench`` command: run | sweep | table | list | data summary | data pack."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"[{i}/{len(suite)}] {' '.join(extra)}", flush=True)
         paths.append(run(cfg))
     print(table(paths))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from lt_bench.reports.table import table
+    from lt_bench.sweep import sweep
+
+    experiments = [a for a in args.items if "=" not in a]
+    overrides = [a for a in args.items if "=" in a]
+    if not experiments:
+        raise LTBenchError("name at least one experiment, e.g. lt-bench sweep cifar10_lt/ce seeds=0,1,2")
+    print(table(sweep(experiments, overrides, args.parallel)))
     return 0
 
 
@@ -99,7 +111,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _cmd_pack(args: argparse.Namespace) -> int:
     from lt_bench.data.pack import write_pack
 
-    path = write_pack(_load_dataset(args.overrides), Path(args.output))
+    path = write_pack(_load_dataset(args.overrides), Path(args.output), compress=args.compress)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -113,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train and evaluate one method (or a suite experiment)")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="a grid of runs (experiments x seeds x values) as parallel processes")
+    p.add_argument("items", nargs="+", help="experiments, then seeds=0,1,2 and key=v1,v2 axes or overrides")
+    p.add_argument("--parallel", type=int, default=1, help="processes at once (they share the GPUs)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("table", help="benchmark table (mean ± std over seeds) from run records")
     p.add_argument("paths", nargs="+", help="record.json files or folders holding them")
@@ -138,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("pack", help="write a dataset's decoded splits to one .npz file")
     p.add_argument("overrides", nargs="*", help="dataset=<name> and dataset.<key>=<value>")
     p.add_argument("-o", "--output", required=True, help="output .npz path")
+    p.add_argument(
+        "--compress", action="store_true", help="zip-compress the arrays (smaller, slower to load)"
+    )
     p.set_defaults(func=_cmd_pack)
     return parser
 

@@ -1,9 +1,9 @@
 """One-file packs of a dataset's decoded splits (``lt-bench data pack``).
 
 A pack holds the long-tailed training split, the validation and test splits, class names and the
-dataset's provenance as uncompressed NumPy arrays, so a GPU machine can load it with one read and
-without the source files. Pointing ``dataset.root`` at a ``.npz`` pack loads it; the pack must have
-been written for the same dataset, imbalance factor and subset seed.
+dataset's provenance as NumPy arrays (optionally zip-compressed), so a GPU machine can load it with
+one read and without the source files. Pointing ``dataset.root`` at a ``.npz`` pack loads it; the
+pack must have been written for the same dataset, imbalance factor and subset seed.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in info.items()}
 
 
-def write_pack(dataset: LTDataset, path: Path) -> Path:
-    """Write ``dataset`` (array splits only) to ``path`` atomically."""
+def write_pack(dataset: LTDataset, path: Path, compress: bool = False) -> Path:
+    """Write ``dataset`` (array splits only) to ``path`` atomically; ``compress`` trades speed for size."""
     arrays: dict[str, np.ndarray] = {}
     for split_name in ("train", "val", "test"):
         split = getattr(dataset, split_name)
@@ -51,7 +51,7 @@ def write_pack(dataset: LTDataset, path: Path) -> Path:
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        np.savez(tmp, **arrays)
+        (np.savez_compressed if compress else np.savez)(tmp, **arrays)
     os.replace(tmp.name, path)
     return path
 

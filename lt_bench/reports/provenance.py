@@ -36,6 +36,12 @@ def git_state(path: Path | None = None) -> dict[str, object]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("LT_BENCH_GIT_COMMIT"):
+        # a copy of the checkout without .git (e.g. on a remote GPU machine) names its commit here
+        return {
+            "commit": os.environ["LT_BENCH_GIT_COMMIT"],
+            "dirty": os.environ.get("LT_BENCH_GIT_DIRTY") == "1",
+        }
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 

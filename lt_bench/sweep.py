@@ -1,0 +1,79 @@
+"""Grids of runs as parallel ``lt-bench run`` processes sharing the GPUs of one node.
+
+``lt-bench sweep cifar10_lt/ce cifar10_lt/ldam_drw seeds=0,1,2 dataset.imbalance_factor=100,10``
+expands to one run per (experiment, seed, value combination). Runs whose record exists are skipped
+(``lt-bench run`` itself checks), so an interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lt_bench.config import compose
+from lt_bench.errors import ConfigError
+from lt_bench.runner import RECORD_FILE, default_run_id
+
+
+def expand(experiments: list[str], overrides: list[str]) -> list[list[str]]:
+    """All override lists of the grid; ``seeds=`` and comma lists in ``key=a,b`` are axes."""
+    axes: list[list[str]] = [[f"experiment={e}" for e in experiments]]
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"argument '{arg}' is not key=value; write e.g. seeds=0,1,2")
+        key = "seed" if key == "seeds" else key
+        is_list = "," in value and not value.startswith("[")
+        axes.append([f"{key}={v}" for v in value.split(",")] if is_list else [f"{key}={value}"])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def sweep(experiments: list[str], overrides: list[str], parallel: int = 1) -> list[Path]:
+    """Run the grid with at most ``parallel`` processes; returns the records' paths."""
+    grid = expand(experiments, overrides)
+    configs = [compose(item) for item in grid]  # fail on a bad key before anything starts
+    records = [Path(c.output_dir) / (c.run_id or default_run_id(c)) / RECORD_FILE for c in configs]
+    todo = [(item, rec) for item, rec in zip(grid, records, strict=True) if not rec.exists()]
+    print(f"sweep: {len(grid)} runs, {len(grid) - len(todo)} already complete, {len(todo)} to run")
+    gpus = torch.cuda.device_count()
+    threads = max(1, (os.cpu_count() or 1) // max(parallel, 1))
+    running: list[tuple[subprocess.Popen, Path, Path]] = []
+    failed: list[str] = []
+    for index, (item, record) in enumerate(todo):
+        while len(running) >= parallel:
+            running = _reap(running, failed)
+            time.sleep(1)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        log = record.parent.with_name(record.parent.name + ".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "lt_bench", "run", *item, "logger.progress_bar=false"]
+        with log.open("w") as fh:
+            running.append((subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT), record, log))
+        print(f"started {' '.join(item)} (log {log})", flush=True)
+    while running:
+        running = _reap(running, failed)
+        time.sleep(1)
+    if failed:
+        raise ConfigError(f"{len(failed)} run(s) failed; see their logs: {', '.join(failed)}")
+    return records
+
+
+def _reap(running: list[tuple[subprocess.Popen, Path, Path]], failed: list[str]) -> list:
+    still = []
+    for proc, record, log in running:
+        code = proc.poll()
+        if code is None:
+            still.append((proc, record, log))
+        elif code != 0 or not record.exists():
+            failed.append(str(log))
+        else:
+            print(f"finished {record}", flush=True)
+    return still
