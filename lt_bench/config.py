@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from lt_bench.data.profiles import check_imbalance_factor
 from lt_bench.errors import ConfigError
 from lt_bench.registry import BACKBONES, DATASETS, METHODS, Registry
 
@@ -36,9 +38,27 @@ def config_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 loader that also reads ``1e-3`` (no dot) as a float, as omegaconf does."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|\.[0-9_]+(?:[eE][-+][0-9]+)?|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML ({exc.problem}); fix it") from exc
     if not isinstance(data, dict):
@@ -48,9 +68,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def list_experiments() -> list[str]:
     root = config_dir() / "experiment"
-    return sorted(
-        str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_")
-    )
+    names = (p.relative_to(root).with_suffix("") for p in root.rglob("*.yaml"))
+    return sorted(str(n) for n in names if not any(part.startswith("_") for part in n.parts))
 
 
 def list_group(group: str) -> list[str]:
@@ -113,7 +132,7 @@ def parse_overrides(args: Iterable[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def _valid_keys(node: Any, prefix: str) -> str:
-    if isinstance(node, DictConfig):
+    if isinstance(node, DictConfig | dict):
         return ", ".join(f"{prefix}{k}" for k in node)
     return "(none: not a mapping)"
 
@@ -123,7 +142,15 @@ def _apply(cfg: DictConfig, key: str, value: Any) -> None:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     if not isinstance(parent, DictConfig):
-        raise ConfigError(f"unknown config key '{key}'; '{parent_key}' is not a section")
+        ancestor_key = parent_key
+        while ancestor_key and not isinstance(OmegaConf.select(cfg, ancestor_key), DictConfig):
+            ancestor_key = ancestor_key.rpartition(".")[0]
+        ancestor = OmegaConf.select(cfg, ancestor_key) if ancestor_key else cfg
+        prefix = f"{ancestor_key}." if ancestor_key else ""
+        raise ConfigError(
+            f"unknown config key '{key}'; '{parent_key}' is not a section; "
+            f"valid keys here: {_valid_keys(ancestor, prefix)}"
+        )
     if leaf not in parent:
         if parent_key == "trainer":
             _check_trainer_key(leaf)
@@ -137,11 +164,16 @@ def _apply(cfg: DictConfig, key: str, value: Any) -> None:
 
 
 def _check_type(key: str, old: Any, new: Any) -> None:
+    if isinstance(old, DictConfig | dict) and not isinstance(new, dict):
+        raise ConfigError(
+            f"{key} is a section, not a value; set one of its keys instead: {_valid_keys(old, key + '.')}"
+        )
     if old is None or new is None or isinstance(old, DictConfig | ListConfig | dict | list):
         return
-    if isinstance(old, bool) != isinstance(new, bool):
-        raise ConfigError(f"{key}={new!r} must be true or false")
-    if isinstance(old, int | float) and not isinstance(new, int | float):
+    if isinstance(old, bool):
+        if not isinstance(new, bool):
+            raise ConfigError(f"{key}={new!r} must be true or false")
+    elif isinstance(old, int | float) and (isinstance(new, bool) or not isinstance(new, int | float)):
         raise ConfigError(f"{key}={new!r} must be a number")
     if isinstance(old, str) and isinstance(new, dict | list):
         raise ConfigError(f"{key} must be a single value, not {type(new).__name__}")
@@ -159,7 +191,7 @@ def _check_trainer_key(leaf: str) -> None:
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return load_yaml(text) if text != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot read value '{text}' ({exc.problem}); quote it") from exc
 
@@ -216,11 +248,12 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{key}={value!r} must be a positive integer")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
     for group, registry in GROUPS.items():
         registry.get(cfg[group].name)
     imbalance = cfg.dataset.get("imbalance_factor")
-    if imbalance is not None and not (isinstance(imbalance, int | float) and imbalance >= 1):
-        raise ConfigError(
-            f"dataset.imbalance_factor={imbalance!r} is below 1; use a ratio n_max/n_min >= 1 "
-            "(e.g. dataset.imbalance_factor=100)"
-        )
+    if imbalance is not None:
+        if not isinstance(imbalance, int | float) or isinstance(imbalance, bool):
+            raise ConfigError(f"dataset.imbalance_factor={imbalance!r} must be a number")
+        check_imbalance_factor(imbalance)

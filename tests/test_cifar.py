@@ -436,3 +436,46 @@ def test_missing_pickle_batch(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data_batch_3") as excinfo:
         DATASETS.get("cifar10_lt")(root=str(root), imbalance_factor=1)
     assert "missing CIFAR file" in one_line(excinfo)
+
+
+# --- the decoded cache -----------------------------------------------------------------------------------
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "garbage":
+        path.write_bytes(b"not a zip archive" * 8)
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # one flipped byte inside the first member's data: a CRC mismatch
+        path.write_bytes(data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "garbage",
+        "truncated",
+        "bad_crc",
+    ],
+)
+def test_damaged_cache_entry_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    monkeypatch.setenv("LT_BENCH_CACHE", str(tmp_path / "cache"))
+    root = write_image_folder(tmp_path / "small", train=2, test=1)
+    first = cifar.load_folder(root, CIFAR10_NAMES, 10)[0]
+    (entry,) = (tmp_path / "cache" / "decoded").glob("*.npz")
+    damage(entry, how)
+    again = cifar.load_folder(root, CIFAR10_NAMES, 10)[0]
+    assert np.array_equal(again.images, first.images)
+    assert np.array_equal(again.targets, first.targets)
+
+
+def test_changed_file_invalidates_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LT_BENCH_CACHE", str(tmp_path / "cache"))
+    root = write_image_folder(tmp_path / "small", train=2, test=1)
+    cifar.load_folder(root, CIFAR10_NAMES, 10)
+    pixels = np.full((32, 32, 3), 200, dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "train" / "ship" / "1.png")
+    train = cifar.load_folder(root, CIFAR10_NAMES, 10)[0]
+    assert np.array_equal(train.images[8 * 2 + 1], pixels)  # ship = class 8, second file
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 2

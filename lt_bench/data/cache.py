@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def cached_arrays(key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[
         try:
             with np.load(path) as data:
                 return {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
     arrays = build()
     path.parent.mkdir(parents=True, exist_ok=True)

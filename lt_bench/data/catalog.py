@@ -49,6 +49,20 @@ def long_tailed_from_balanced(
     )
 
 
+def _read_matching_pack(
+    path: Path, name: str, imbalance_factor: float, profile: str, subset_seed: int, val_per_class: int
+) -> LTDataset:
+    """A pack, refused unless it was written with the same subset and validation settings."""
+    expect = {
+        "name": name,
+        "imbalance_factor": float(imbalance_factor),
+        "profile": profile,
+        "subset_seed": subset_seed,
+        "val_per_class": val_per_class,
+    }
+    return read_pack(path, expect=expect)
+
+
 def _cifar_lt(
     num_classes: int,
     root: str,
@@ -61,14 +75,7 @@ def _cifar_lt(
     name = f"cifar{num_classes}_lt"
     path = Path(root).expanduser()
     if path.suffix == ".npz":
-        return read_pack(
-            path,
-            expect={
-                "name": name,
-                "imbalance_factor": float(imbalance_factor),
-                "subset_seed": subset_seed,
-            },
-        )
+        return _read_matching_pack(path, name, imbalance_factor, profile, subset_seed, val_per_class)
     if download and not path.exists():
         cifar.download(path, num_classes)
     source = cifar.find_source(path, num_classes)
@@ -118,13 +125,8 @@ def fashion_mnist_lt(
     download: bool = False,
 ) -> LTDataset:
     if root is not None and Path(root).suffix == ".npz":
-        return read_pack(
-            Path(root),
-            expect={
-                "name": "fashion_mnist_lt",
-                "imbalance_factor": float(imbalance_factor),
-                "subset_seed": subset_seed,
-            },
+        return _read_matching_pack(
+            Path(root), "fashion_mnist_lt", imbalance_factor, profile, subset_seed, val_per_class
         )
     train, test = load_fashion_mnist(root, download)
     return long_tailed_from_balanced(

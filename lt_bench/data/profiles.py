@@ -20,9 +20,10 @@ PROFILES = ("exp", "step")
 
 
 def check_imbalance_factor(imbalance_factor: float) -> float:
-    if not imbalance_factor >= 1:
+    if not 1 <= imbalance_factor < float("inf"):
         raise ConfigError(
-            f"dataset.imbalance_factor={imbalance_factor} is below 1; use a ratio n_max/n_min >= 1 "
+            f"dataset.imbalance_factor={imbalance_factor} is below 1 or not finite; "
+            "use a ratio n_max/n_min >= 1 "
             "(e.g. dataset.imbalance_factor=100)"
         )
     return float(imbalance_factor)

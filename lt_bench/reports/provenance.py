@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from lt_bench import __version__
+
 PACKAGES = (
     "lt-bench",
     "torch",
@@ -52,7 +54,7 @@ def package_versions() -> dict[str, str | None]:
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
-            versions[name] = None
+            versions[name] = __version__ if name == "lt-bench" else None
     return versions
 
 

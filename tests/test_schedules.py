@@ -1,0 +1,165 @@
+"""Learning-rate schedules (methods.md §0.6) against transcriptions of the official code."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lt_bench.config import compose
+from lt_bench.errors import ConfigError
+from lt_bench.registry import METHODS
+from lt_bench.schedules import cosine, lr_factor, warmup_step
+
+
+def ldam_adjust_learning_rate(epoch: int, lr: float) -> float:
+    """LDAM-DRW ``cifar_train.py::adjust_learning_rate`` (called with the 0-indexed epoch)."""
+    epoch = epoch + 1
+    if epoch <= 5:
+        return lr * epoch / 5
+    if epoch > 180:
+        return lr * 0.0001
+    if epoch > 160:
+        return lr * 0.01
+    return lr
+
+
+def custom_lr(epoch: int, warmup: int, step1: int, step2: int, gamma: float) -> float:
+    """The pytorch-template ``CustomLR`` lambda (SADE, MDCS, RIDE, TLC), ``epoch`` = completed epochs."""
+    if epoch >= step2:
+        f = gamma * gamma
+    elif epoch >= step1:
+        f = gamma
+    else:
+        f = 1.0
+    if epoch < warmup:
+        f = f * float(1 + epoch) / warmup
+    return f
+
+
+LDAM = {"warmup_epochs": 5, "milestones": [160, 180], "gamma": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [(0, 0.2), (1, 0.4), (4, 1.0), (5, 1.0), (159, 1.0), (160, 0.01), (179, 0.01), (180, 1e-4), (199, 1e-4)],
+)
+def test_warmup_step_ldam_recipe_hand_values(epoch: int, expected: float) -> None:
+    f = warmup_step(5, [160, 180], 0.01)
+    assert f(epoch) == pytest.approx(expected, rel=1e-12)
+
+
+def test_warmup_step_equals_ldam_adjust_learning_rate() -> None:
+    f = warmup_step(5, [160, 180], 0.01)
+    for epoch in range(200):
+        assert 0.1 * f(epoch) == pytest.approx(ldam_adjust_learning_rate(epoch, 0.1), rel=1e-12), epoch
+
+
+@pytest.mark.parametrize(
+    ("warmup", "milestones", "gamma"),
+    [(5, (160, 180), 0.1), (5, (160, 180), 0.01), (5, (60, 80), 0.1), (0, (2, 4), 0.5), (3, (2, 6), 0.1)],
+)
+def test_warmup_step_equals_custom_lr(warmup: int, milestones: tuple[int, int], gamma: float) -> None:
+    f = warmup_step(warmup, list(milestones), gamma)
+    for epoch in range(200):
+        assert f(epoch) == pytest.approx(custom_lr(epoch, warmup, *milestones, gamma), rel=1e-12), epoch
+
+
+def test_sade_gamma_hand_values() -> None:
+    f = warmup_step(5, [160, 180], 0.1)
+    assert [f(e) for e in (0, 4, 5, 159, 160, 179, 180)] == pytest.approx([0.2, 1, 1, 1, 0.1, 0.1, 0.01])
+
+
+def test_cosine_endpoints() -> None:
+    f = cosine(warmup_epochs=0, max_epochs=10, min_lr_ratio=0.0)
+    assert f(0) == pytest.approx(1.0)
+    assert f(5) == pytest.approx(0.5)
+    assert f(10) == pytest.approx(0.0, abs=1e-12)
+    assert f(9) == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    g = cosine(warmup_epochs=2, max_epochs=12, min_lr_ratio=0.1)
+    assert [g(0), g(1)] == pytest.approx([0.5, 1.0])  # linear warm-up (e + 1) / warmup
+    assert g(2) == pytest.approx(1.0)
+    assert g(7) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert g(12) == pytest.approx(0.1)
+    assert g(50) == pytest.approx(0.1)  # past the end it stays at the floor
+
+
+def test_cosine_matches_torch_cosine_annealing() -> None:
+    """After warm-up, the factor equals torch's CosineAnnealingLR with T_max = max_epochs - warmup."""
+    lr, min_lr, warmup, max_epochs = 0.05, 0.0005, 1, 8
+    f = lr_factor({"name": "cosine", "warmup_epochs": warmup, "min_lr": min_lr}, lr, max_epochs)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=lr)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs - warmup, eta_min=min_lr)
+    for epoch in range(warmup, max_epochs + 1):
+        assert lr * f(epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), epoch
+        opt.step()
+        ref.step()
+
+
+def test_lr_factor_dispatch() -> None:
+    step = lr_factor({"name": "warmup_step", **LDAM}, 0.1, 200)
+    assert [step(e) for e in (0, 160, 180)] == pytest.approx([0.2, 0.01, 1e-4])
+    const = lr_factor({"name": "constant"}, 0.1, 200)
+    assert [const(e) for e in (0, 100, 199)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="poly.*warmup_step"):
+        lr_factor({"name": "poly"}, 0.1, 200)
+
+
+def optimizer_and_scheduler(*overrides: str):
+    cfg = compose(["experiment=cifar10_lt/ce", "backbone=small_cnn", *overrides])
+    method = METHODS.get("ce")(cfg=OmegaConf.to_container(cfg), train_counts=[50, 5], in_channels=3)
+    conf = method.configure_optimizers()
+    assert conf["lr_scheduler"]["interval"] == "epoch"
+    return conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+
+
+def lr_after(optimizer, scheduler, steps: int) -> list[float]:
+    """The learning rate at the start of each of ``steps + 1`` epochs."""
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def test_configure_optimizers_ldam_recipe() -> None:
+    optimizer, scheduler = optimizer_and_scheduler()
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 2e-4, False)
+    assert group["initial_lr"] == 0.1
+    lrs = lr_after(optimizer, scheduler, 199)
+    for epoch, lr in enumerate(lrs):
+        assert lr == pytest.approx(ldam_adjust_learning_rate(epoch, 0.1), rel=1e-9), epoch
+    assert lrs[0] == pytest.approx(0.02) and lrs[4] == pytest.approx(0.1)
+    assert lrs[160] == pytest.approx(1e-3) and lrs[180] == pytest.approx(1e-5)
+
+
+def test_configure_optimizers_sade_gamma() -> None:
+    optimizer, scheduler = optimizer_and_scheduler("schedule.gamma=0.1", "optim.lr=0.05")
+    lrs = lr_after(optimizer, scheduler, 185)
+    expected = {0: 0.01, 4: 0.05, 159: 0.05, 160: 0.005, 180: 0.0005, 185: 0.0005}
+    for epoch, lr in expected.items():
+        assert lrs[epoch] == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_configure_optimizers_cosine() -> None:
+    optimizer, scheduler = optimizer_and_scheduler(
+        "schedule.name=cosine", "schedule.warmup_epochs=1", "schedule.min_lr=0.001", "trainer.max_epochs=5"
+    )
+    lrs = lr_after(optimizer, scheduler, 5)
+    # warm-up epoch at lr/1, then 0.001 + 0.099 * (1 + cos(pi * k / 4)) / 2 for k = 0..4
+    expected = [0.1] + [0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert lrs[-1] == pytest.approx(0.001)
+
+
+def test_configure_optimizers_rejects_unknown_optimizer() -> None:
+    cfg = compose(["experiment=cifar10_lt/ce", "backbone=small_cnn", "optim.name=adamw"])
+    method = METHODS.get("ce")(cfg=OmegaConf.to_container(cfg), train_counts=[50, 5], in_channels=3)
+    with pytest.raises(ConfigError, match="adamw.*sgd"):
+        method.configure_optimizers()

@@ -1,0 +1,250 @@
+"""Benchmark tables from hand-made run records: mean, sample std (ddof = 1), seed count, formats."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lt_bench.cli import main
+from lt_bench.errors import LTBenchError
+from lt_bench.reports.table import table
+
+COLUMNS = ("top1", "many", "medium", "few", "worst_class", "harmonic_mean", "ece")
+
+# method -> seed -> metrics; "few" is missing (null) everywhere, as on CIFAR-10-LT
+METRICS = {
+    "ce": {
+        0: {
+            "top1": 0.701,
+            "many": 0.902,
+            "medium": 0.553,
+            "worst_class": 0.312,
+            "harmonic_mean": 0.61,
+            "ece": 0.11,
+        },
+        1: {
+            "top1": 0.713,
+            "many": 0.897,
+            "medium": 0.581,
+            "worst_class": 0.35,
+            "harmonic_mean": 0.64,
+            "ece": 0.09,
+        },
+        2: {
+            "top1": 0.689,
+            "many": 0.911,
+            "medium": 0.522,
+            "worst_class": 0.29,
+            "harmonic_mean": 0.58,
+            "ece": 0.12,
+        },
+    },
+    "balanced_softmax": {
+        0: {
+            "top1": 0.781,
+            "many": 0.85,
+            "medium": 0.712,
+            "worst_class": 0.601,
+            "harmonic_mean": 0.77,
+            "ece": 0.05,
+        },
+        1: {
+            "top1": 0.776,
+            "many": 0.861,
+            "medium": 0.7,
+            "worst_class": 0.58,
+            "harmonic_mean": 0.76,
+            "ece": 0.06,
+        },
+        2: {
+            "top1": 0.792,
+            "many": 0.843,
+            "medium": 0.735,
+            "worst_class": 0.62,
+            "harmonic_mean": 0.79,
+            "ece": 0.04,
+        },
+    },
+}
+
+
+def write_record(
+    folder: Path,
+    method: str,
+    seed: int,
+    metrics: dict[str, float | None],
+    finished: str = "2026-01-01T10:00:00+00:00",
+    dataset: str = "cifar10_lt",
+    imbalance_factor: float | None = 100.0,
+) -> Path:
+    test = {col: metrics.get(col) for col in COLUMNS}
+    record = {
+        "dataset": dataset,
+        "imbalance_factor": imbalance_factor,
+        "method": method,
+        "seed": seed,
+        "provenance": {"finished": finished},
+        "metrics": {"test": test},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "record.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for method, seeds in METRICS.items():
+        for seed, metrics in seeds.items():
+            write_record(root / f"{method}-seed{seed}", method, seed, metrics)
+    return root
+
+
+def expected(method: str, col: str) -> tuple[float, float]:
+    values = np.array([METRICS[method][seed][col] for seed in (0, 1, 2)])
+    return float(values.mean()), float(values.std(ddof=1))
+
+
+def parse_md(text: str) -> dict[str, dict[str, str]]:
+    """Markdown table rows keyed by method name."""
+    lines = [line for line in text.strip().splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert set(lines[1].replace("|", "").replace("-", "").replace(":", "")) <= {""}
+    rows = [
+        dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]
+    ]
+    return {row["method"]: row for row in rows}
+
+
+def parse_cell(cell: str, pm: str = "±") -> tuple[float, float]:
+    mean, std = cell.split(pm)
+    return float(mean), float(std)
+
+
+def test_markdown_mean_std_n(runs: Path) -> None:
+    rows = parse_md(table([runs], "md"))
+    assert set(rows) == {"ce", "balanced_softmax"}
+    for method, row in rows.items():
+        assert (row["dataset"], row["IF"], row["n"]) == ("cifar10_lt", "100", "3")
+        for col in ("top1", "many", "medium", "worst_class", "harmonic_mean", "ece"):
+            mean, std = expected(method, col)
+            got_mean, got_std = parse_cell(row[col])
+            assert got_mean == pytest.approx(100 * mean, abs=0.0051), (method, col)
+            assert got_std == pytest.approx(100 * std, abs=0.0051), (method, col)
+            assert row[col] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+        assert row["few"] == "–"  # NaN group
+
+
+def test_markdown_hand_numbers(runs: Path) -> None:
+    row = parse_md(table([runs], "md"))["ce"]
+    # top1 ce: 0.701, 0.713, 0.689 -> mean 0.701; deviations 0, 0.012, -0.012 -> s = sqrt(0.000288/2) = 0.012
+    assert row["top1"] == "70.10 ± 1.20"
+    # ece ce: 0.11, 0.09, 0.12 -> mean 0.106667; s = sqrt((0.0033^2+0.0167^2+0.0133^2)/2) = 0.015275
+    assert row["ece"] == "10.67 ± 1.53"
+
+
+def test_csv_raw_fractions(runs: Path) -> None:
+    frame = pd.read_csv(io.StringIO(table([runs], "csv")))
+    assert len(frame) == 2
+    for _, row in frame.iterrows():
+        method = row["method"]
+        assert row["dataset"] == "cifar10_lt" and row["imbalance_factor"] == 100
+        assert row["n"] == 3
+        for col in ("top1", "many", "medium", "worst_class", "harmonic_mean", "ece"):
+            mean, std = expected(method, col)
+            assert row[f"{col}_mean"] == pytest.approx(mean, rel=1e-9)
+            assert row[f"{col}_std"] == pytest.approx(std, rel=1e-9)
+        assert np.isnan(row["few_mean"]) and np.isnan(row["few_std"])
+
+
+def test_latex(runs: Path) -> None:
+    text = table([runs], "latex")
+    assert r"\begin{tabular}" in text and r"\end{tabular}" in text
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.rstrip().removesuffix(r"\\").split("&")]
+        if len(cells) == 4 + len(COLUMNS) and cells[2] in METRICS:
+            rows[cells[2]] = cells
+    assert set(rows) == set(METRICS)
+    for method, cells in rows.items():
+        assert cells[3] == "3"
+        mean, std = expected(method, "top1")
+        assert cells[4] == f"{100 * mean:.2f} $\\pm$ {100 * std:.2f}"
+        assert cells[4 + COLUMNS.index("few")] == "–"
+
+
+def test_single_seed_shows_no_std(tmp_path: Path) -> None:
+    write_record(tmp_path / "a", "ce", 0, METRICS["ce"][0])
+    row = parse_md(table([tmp_path], "md"))["ce"]
+    assert row["n"] == "1"
+    assert row["top1"] == "70.10"
+
+
+def test_duplicate_seed_keeps_the_newest(runs: Path) -> None:
+    # a re-run of ce seed 1, finished later, in a folder that sorts before the original
+    newer = {**METRICS["ce"][1], "top1": 0.75}
+    write_record(runs / "aaa-rerun", "ce", 1, newer, finished="2026-01-02T09:00:00+00:00")
+    # an older duplicate of seed 2 in a folder sorting after everything: it must lose
+    older = {**METRICS["ce"][2], "top1": 0.10}
+    write_record(runs / "zzz-old", "ce", 2, older, finished="2025-12-31T09:00:00+00:00")
+    row = parse_md(table([runs], "md"))["ce"]
+    assert row["n"] == "3"
+    values = np.array([0.701, 0.75, 0.689])
+    assert row["top1"] == f"{100 * values.mean():.2f} ± {100 * values.std(ddof=1):.2f}"
+
+
+def test_groups_by_dataset_and_imbalance_factor(tmp_path: Path) -> None:
+    write_record(tmp_path / "a", "ce", 0, METRICS["ce"][0], imbalance_factor=100.0)
+    write_record(tmp_path / "b", "ce", 0, METRICS["ce"][1], imbalance_factor=50.0)
+    write_record(tmp_path / "c", "ce", 0, METRICS["ce"][2], dataset="cifar100_lt")
+    frame = pd.read_csv(io.StringIO(table([tmp_path], "csv")))
+    assert len(frame) == 3 and (frame["n"] == 1).all()
+    text = table([tmp_path], "md")
+    assert "| cifar10_lt | 50 | ce | 1 |" in text and "| cifar100_lt | 100 | ce | 1 |" in text
+
+
+def test_record_files_given_directly(runs: Path) -> None:
+    files = sorted(runs.rglob("record.json"))
+    assert table(files, "csv") == table([runs], "csv")
+
+
+def test_not_a_record_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "record.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(LTBenchError, match="not an lt-bench run record"):
+        table([tmp_path])
+    with pytest.raises(LTBenchError, match="does not exist"):
+        table([tmp_path / "missing"])
+
+
+def test_cli_table(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["table", str(runs), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert out == table([runs], "md")
+    rows = parse_md(out)
+    mean, std = expected("balanced_softmax", "top1")
+    assert rows["balanced_softmax"]["top1"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    assert main(["table", str(runs), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("dataset,imbalance_factor,method,n,")
+
+
+def test_cli_table_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["table", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_dataset_without_imbalance_factor(tmp_path: Path) -> None:
+    for seed, top1 in enumerate((0.40, 0.41)):
+        metrics = {"top1": top1, "many": 0.6, "medium": 0.3, "few": 0.1}
+        write_record(tmp_path / f"s{seed}", "ce", seed, metrics, dataset="imagenet_lt", imbalance_factor=None)
+    row = parse_md(table([tmp_path], "md"))["ce"]
+    assert (row["dataset"], row["IF"], row["n"]) == ("imagenet_lt", "–", "2")
+    assert row["top1"] == f"40.50 ± {100 * np.std([0.40, 0.41], ddof=1):.2f}"  # 0.71
+    assert row["few"] == "10.00 ± 0.00"
+    assert row["ece"] == "–"
