@@ -116,6 +116,14 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(exc: LTBenchError) -> str:
+    """The error's own message; a DataLoader worker wraps it in a traceback, whose last line it is."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(exc):
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lt-bench", description="Benchmark suite for long-tailed image recognition."
@@ -167,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except LTBenchError as exc:
-        print(f"lt-bench: error: {exc}", file=sys.stderr)
+        print(f"lt-bench: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lt-bench: interrupted", file=sys.stderr)

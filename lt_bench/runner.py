@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import json
 import sys
@@ -97,6 +98,8 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     if cfg.logger.csv:
         loggers.append(CSVLogger(run_dir, name="logs", version=""))
     if cfg.logger.tensorboard:
+        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise ConfigError("logger.tensorboard needs TensorBoard: pip install 'lt-bench[tensorboard]'")
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     return loggers
 
@@ -167,6 +170,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
     if dataset.val is not None:
         trainer.validate(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    method.test_time_stage(trainer, datamodule)
     eval_seconds = time.perf_counter() - t1
     eval_images = sum(r["num_samples"] for r in method.results.values())
 
@@ -181,8 +185,9 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         "subset_seed": dataset.info.get("subset_seed"),
         "experiment": cfg.experiment,
         "checkpoint": cfg.eval.checkpoint,
-        "uses_test_data_for_training": False,
+        "uses_test_data_for_training": method.uses_test_data,
         "metrics": method.results,
+        "method_extras": method.record_extras(),
         "class_names": dataset.class_names,
         "train_counts": dataset.train_counts.tolist(),
         "shot_groups": dataset.shot_groups(),

@@ -34,6 +34,8 @@ class BaseMethod(L.LightningModule):
 
     #: method options used when no ``configs/method/<name>.yaml`` exists (plugins)
     default_config: dict[str, Any] = {}
+    #: set by a test-time procedure that learns from (unlabeled) test images, e.g. SADE's
+    uses_test_data: bool = False
 
     def __init__(
         self,
@@ -155,3 +157,13 @@ class BaseMethod(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         for name, metric in self.test_metrics.items():
             self._finish(name, metric)
+
+    # --- hooks for the run record and test-time procedures -------------------------------------
+    def test_time_stage(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+        """Runs after the plain test evaluation; a method with a test-time procedure (SADE's
+        self-supervised aggregation) adds its results to ``self.results`` under new names and sets
+        ``self.uses_test_data`` when it learns from test images. The default does nothing."""
+
+    def record_extras(self) -> dict[str, Any]:
+        """Method-specific values for the run record (e.g. CAR's final spectral norm)."""
+        return {}
