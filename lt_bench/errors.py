@@ -11,3 +11,7 @@ class ConfigError(LTBenchError):
 
 class DataError(LTBenchError):
     """A missing, incomplete or corrupt dataset file."""
+
+
+class NonFiniteLossError(LTBenchError):
+    """Training produced a NaN or infinite loss."""

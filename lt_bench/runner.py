@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from lt_bench.data.base import ArraySplit, LTDataset, Split
 from lt_bench.data.module import LTDataModule
 from lt_bench.data.splits import test_agnostic_sets
-from lt_bench.errors import ConfigError
+from lt_bench.errors import ConfigError, NonFiniteLossError
 from lt_bench.methods.base import BaseMethod
 from lt_bench.registry import DATASETS, METHODS
 from lt_bench.reports import provenance
@@ -47,7 +49,7 @@ def build_dataset(dataset_cfg: DictConfig) -> LTDataset:
 def config_hash(cfg: DictConfig) -> str:
     """Short hash of the config without output location, run id and trainer plumbing."""
     data = OmegaConf.to_container(cfg)
-    for key in ("output_dir", "run_id", "logger"):
+    for key in ("output_dir", "run_id", "logger", "resume"):
         data.pop(key, None)
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -104,6 +106,16 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     return loggers
 
 
+def check_finite(results: dict[str, dict[str, Any]]) -> None:
+    """Refuse to record NaN accuracy: a tested split must give finite top-1 and NLL."""
+    for name, result in results.items():
+        if result["num_samples"] and not (np.isfinite(result["top1"]) and np.isfinite(result["nll"])):
+            raise NonFiniteLossError(
+                f"evaluation on '{name}' gave non-finite scores (top1={result['top1']}, "
+                f"nll={result['nll']}): the model outputs NaN or inf; the run is not recorded"
+            )
+
+
 def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool) -> L.Trainer:
     """Lightning Trainer from ``cfg.trainer``; validation during fit every ``eval.val_every_n_epochs``."""
     kwargs = OmegaConf.to_container(cfg.trainer)
@@ -111,6 +123,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool) -> L.Tra
     if not (validate_during_fit and every > 0):
         every = cfg.trainer.max_epochs + 1  # never during fit; trainer.validate runs after it
     kwargs.setdefault("check_val_every_n_epoch", every)
+    kwargs["use_distributed_sampler"] = False  # LTDataModule picks seeded, unpadded samplers
     kwargs.setdefault("enable_progress_bar", bool(cfg.logger.progress_bar and sys.stdout.isatty()))
     return L.Trainer(
         **kwargs,
@@ -118,6 +131,38 @@ def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool) -> L.Tra
         callbacks=_callbacks(cfg, run_dir),
         default_root_dir=run_dir,
     )
+
+
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, method: BaseMethod) -> Path | None:
+    """``<run>/checkpoints/last.ckpt`` when the run should continue from it (``resume``: auto/true/false).
+
+    The checkpoint must come from the same method and class count; ``resume=false`` starts over.
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume is False:
+        if last.exists():
+            last.unlink()
+        return None
+    if cfg.resume not in ("auto", True):
+        raise ConfigError(f"resume={cfg.resume!r}; valid: auto, true, false")
+    if not last.exists():
+        if cfg.resume is True:
+            raise ConfigError(f"resume=true but '{last}' does not exist; run without resume=true")
+        return None
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]
+    except Exception as exc:
+        raise ConfigError(
+            f"checkpoint '{last}' is unreadable ({type(exc).__name__}); delete it or add resume=false"
+        ) from exc
+    saved_method, saved_classes = saved["cfg"]["method"]["name"], len(saved["train_counts"])
+    if saved_method != cfg.method.name or saved_classes != method.num_classes:
+        raise ConfigError(
+            f"checkpoint '{last}' is from method '{saved_method}' with {saved_classes} classes, not "
+            f"'{cfg.method.name}' with {method.num_classes}; use another output_dir or add resume=false"
+        )
+    print(f"{run_dir.name}: resuming from {last}", flush=True)
+    return last
 
 
 def run(cfg: DictConfig, quiet: bool = False) -> Path:
@@ -150,6 +195,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         crop_padding=cfg.data.crop_padding,
         image_size=cfg.data.image_size,
         num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
     )
     method_cls = METHODS.get(cfg.method.name)
     method: BaseMethod = method_cls(
@@ -160,8 +206,9 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
     )
     trainer = _trainer(cfg, run_dir, validate_during_fit=dataset.val is not None)
 
+    resume_from = checkpoint_to_resume(cfg, run_dir, method)
     t0 = time.perf_counter()
-    trainer.fit(method, datamodule=datamodule)
+    trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
     train_seconds = time.perf_counter() - t0
     epochs_done = trainer.current_epoch
 
@@ -172,6 +219,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
     trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     method.test_time_stage(trainer, datamodule)
     eval_seconds = time.perf_counter() - t1
+    check_finite(method.results)
     eval_images = sum(r["num_samples"] for r in method.results.values())
 
     record = {
@@ -206,12 +254,16 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         },
         "timing": {
             "epochs": epochs_done,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "skipped_nonfinite_steps": method.skipped_steps,
             "train_seconds": round(train_seconds, 3),
             "eval_seconds": round(eval_seconds, 3),
             "train_images_per_second": round(method.train_images_seen / train_seconds, 1),
             "eval_images_per_second": round(eval_images / eval_seconds, 1),
         },
     }
+    if not trainer.is_global_zero:
+        return record_path
     arrays = {f"confusion_{k}": v for k, v in method.confusions.items() if v.shape[0] <= 1000}
     if dataset.train_indices is not None:
         arrays["train_indices"] = dataset.train_indices

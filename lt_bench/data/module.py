@@ -12,7 +12,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms as T
 
 from lt_bench.data.augment import BatchAugment, to_normalized_nchw
@@ -52,7 +53,13 @@ def file_transforms(train: bool, size: int, mean: Sequence[float], std: Sequence
 
 
 class LTDataModule(L.LightningDataModule):
-    """Train / val / test loaders for one ``LTDataset``; ``test_sets`` are evaluated in order."""
+    """Train / val / test loaders for one ``LTDataset``; ``test_sets`` are evaluated in order.
+
+    The samplers are chosen here, not by Lightning (``use_distributed_sampler=False``): training
+    shuffles with a permutation seeded by ``seed + epoch`` (torch's ``DistributedSampler``, also for
+    one process), so a resumed run sees the same order; evaluation splits the data between
+    processes without padding duplicates, so metrics equal a single process's.
+    """
 
     def __init__(
         self,
@@ -67,12 +74,13 @@ class LTDataModule(L.LightningDataModule):
         crop_padding: int = 4,
         image_size: int = 224,
         num_workers: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.train, self.val, self.test_sets = train, val, test_sets
         self.mean, self.std = list(mean), list(std)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.image_size, self.num_workers = image_size, num_workers
+        self.image_size, self.num_workers, self.seed = image_size, num_workers, seed
         self.augment = BatchAugment(train_augment, mean, std, crop_padding)
 
     @property
@@ -90,11 +98,20 @@ class LTDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=self._sampler(dataset, train),
             drop_last=False,
             pin_memory=torch.cuda.is_available(),
             **kwargs,
         )
+
+    def _sampler(self, dataset: Dataset, train: bool) -> Sampler:
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if train:
+            return DistributedSampler(dataset, replicas, rank, shuffle=True, seed=self.seed)
+        if replicas > 1:
+            return UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False)
+        return torch.utils.data.SequentialSampler(dataset)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, train=True)

@@ -8,6 +8,7 @@ extra stage). ``forward`` returns one output structure for every method: ``logit
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from lt_bench.errors import ConfigError
+from lt_bench.errors import ConfigError, NonFiniteLossError
 from lt_bench.metrics import LTMetrics
 from lt_bench.models import make_classifier
 from lt_bench.registry import BACKBONES
@@ -53,6 +54,8 @@ class BaseMethod(L.LightningModule):
         self.build_model()
         self.val_metrics = LTMetrics(train_counts)
         self.test_metrics = nn.ModuleDict({name: LTMetrics(train_counts) for name in eval_names})
+        self.skipped_steps = 0
+        self.register_buffer("first_nonfinite_step", torch.tensor(-1), persistent=False)
         self.results: dict[str, dict[str, Any]] = {}
         self.confusions: dict[str, np.ndarray] = {}
         self.train_images_seen = 0
@@ -93,12 +96,55 @@ class BaseMethod(L.LightningModule):
     def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def on_train_epoch_start(self) -> None:
+        """Reseed torch, NumPy and ``random`` from (seed, epoch, rank): augmentation and dropout of
+        an epoch then do not depend on what ran before it, so a run resumed at an epoch boundary
+        repeats the uninterrupted run (data order is seeded by the sampler the same way)."""
+        seed = (int(self.cfg.seed) * 1_000_003 + self.current_epoch * 7_919 + self.global_rank) % 2**32
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         images, targets = batch
         loss = self.compute_loss(self(images), targets)
         self.train_images_seen += images.shape[0]
+        if not self._loss_is_usable(loss, batch_idx):
+            return None  # Lightning skips the optimizer step
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
+
+    def _loss_is_usable(self, loss: Tensor, batch_idx: int) -> bool:
+        """Non-finite loss guard (``train.nonfinite_loss``: ``error`` or ``skip``).
+
+        ``error`` remembers the first bad step on the device (no host sync) and raises at the next
+        logging interval or epoch end; ``skip`` checks every step (one sync a step) and skips it.
+        """
+        policy = self.cfg.train.nonfinite_loss
+        if policy == "skip":
+            if bool(torch.isfinite(loss)):
+                return True
+            self.skipped_steps += 1
+            return False
+        bad = ~torch.isfinite(loss.detach())
+        self.first_nonfinite_step = torch.where(
+            bad & (self.first_nonfinite_step < 0),
+            torch.as_tensor(self.global_step, device=loss.device),
+            self.first_nonfinite_step.to(loss.device),
+        )
+        last_batch = batch_idx + 1 >= self.trainer.num_training_batches
+        if batch_idx % self.trainer.log_every_n_steps == 0 or last_batch:
+            self.raise_if_nonfinite()
+        return True
+
+    def raise_if_nonfinite(self) -> None:
+        step = int(self.first_nonfinite_step)
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"method '{self.cfg.method.name}' produced a non-finite loss at training step {step} "
+                f"(epoch {self.current_epoch}); lower optim.lr, check the data, or set "
+                "train.nonfinite_loss=skip to skip such steps"
+            )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups; methods with per-group learning rates override this."""
