@@ -39,17 +39,25 @@ def config_dir() -> Path:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.1 loader that also reads ``1e-3`` (no dot) as a float, as omegaconf does."""
+    """YAML with decimal-only numbers: ``1e-3`` is a float (as in omegaconf), ``010`` is 10 (not
+    octal 8), and ``1:30`` is a string (not sexagesimal 90)."""
 
 
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9][0-9_]*$"), list("-+0123456789"))
 _YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
+    _FLOAT,
     re.compile(
         r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
-        r"|\.[0-9_]+(?:[eE][-+][0-9]+)?|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        r"|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
     ),
     list("-+0123456789."),
 )
+_YamlLoader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node).replace("_", "")))
 
 
 def load_yaml(text: str) -> Any:
@@ -64,6 +72,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
     return data
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, false for names the file system cannot hold (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def list_experiments() -> list[str]:
@@ -81,7 +97,7 @@ def list_group(group: str) -> list[str]:
 def load_group(group: str, name: str) -> dict[str, Any]:
     """The group file ``configs/<group>/<name>.yaml``, or a plugin method's ``default_config``."""
     path = config_dir() / group / f"{name}.yaml"
-    if path.is_file():
+    if _is_file(path):
         data = _read_yaml(path)
     elif group == "method" and name in METHODS:
         data = dict(getattr(METHODS.get(name), "default_config", {}))
@@ -94,7 +110,7 @@ def load_group(group: str, name: str) -> dict[str, Any]:
 def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """An experiment file merged over the experiments it ``extends`` (parents first)."""
     path = config_dir() / "experiment" / f"{name}.yaml"
-    if not path.is_file():
+    if not _is_file(path):
         raise ConfigError(f"unknown experiment '{name}'; valid experiments: {', '.join(list_experiments())}")
     if name in _seen:
         raise ConfigError(f"experiment '{name}' extends itself through {' -> '.join(_seen)}")
@@ -151,6 +167,10 @@ def _apply(cfg: DictConfig, key: str, value: Any) -> None:
             f"unknown config key '{key}'; '{parent_key}' is not a section; "
             f"valid keys here: {_valid_keys(ancestor, prefix)}"
         )
+    if isinstance(value, dict) and isinstance(parent.get(leaf), DictConfig):
+        for sub_key, sub_value in value.items():  # a mapping overrides key by key
+            _apply(cfg, f"{key}.{sub_key}", sub_value)
+        return
     if leaf not in parent:
         if parent_key == "trainer":
             _check_trainer_key(leaf)
@@ -168,6 +188,8 @@ def _check_type(key: str, old: Any, new: Any) -> None:
         raise ConfigError(
             f"{key} is a section, not a value; set one of its keys instead: {_valid_keys(old, key + '.')}"
         )
+    if isinstance(old, ListConfig | list) and not isinstance(new, list):
+        raise ConfigError(f"{key}={new!r} must be a list, e.g. {key}=[{', '.join(map(str, old))}]")
     if old is None or new is None or isinstance(old, DictConfig | ListConfig | dict | list):
         return
     if isinstance(old, bool):
@@ -193,7 +215,9 @@ def _parse_value(text: str) -> Any:
     try:
         return load_yaml(text) if text != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot read value '{text}' ({exc.problem}); quote it") from exc
+        raise ConfigError(f"cannot read value '{text}' ({getattr(exc, 'problem', exc)}); quote it") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"cannot read value '{text}' ({exc}); quote it or write a plain value") from exc
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -242,14 +266,25 @@ def experiment_runs(experiment: str) -> list[list[str]]:
     return [[str(item) for item in run] for run in runs]
 
 
+def _validate_optim(optim: DictConfig) -> None:
+    """The rules of ``torch.optim.SGD``, checked before any data is loaded."""
+    for key in ("lr", "momentum", "weight_decay"):
+        value = optim.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"optim.{key}={value!r} must be a number >= 0")
+    if optim.get("nesterov") and optim.momentum <= 0:
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject values that cannot run: non-positive epochs or batch sizes, unknown names."""
     for key in ("trainer.max_epochs", "data.batch_size", "data.eval_batch_size"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{key}={value!r} must be a positive integer")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed!r} must be an integer in [0, 2**32)")
+    _validate_optim(cfg.optim)
     for group, registry in GROUPS.items():
         registry.get(cfg[group].name)
     imbalance = cfg.dataset.get("imbalance_factor")

@@ -42,7 +42,7 @@ def parse_list_file(path: str | Path, allow_open: bool = False) -> tuple[list[st
             f"list file {path} not found; {LISTS_SOURCE}: set dataset.list_dir to the folder that holds them"
         )
     try:
-        lines = path.read_text(encoding="utf-8").rstrip().split("\n")
+        lines = path.read_bytes().decode("utf-8-sig").rstrip().split("\n")
     except UnicodeDecodeError as err:
         raise DataError(
             f"list file {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
@@ -71,7 +71,7 @@ def _parse_label(fields: list[str], allow_open: bool) -> int | None:
     if len(fields) != 2 or not fields[0] or not _LABEL.fullmatch(fields[1]):
         return None
     label = int(fields[1])
-    if label < 0 and not (allow_open and label == OPEN_LABEL):
+    if label > np.iinfo(np.int64).max or (label < 0 and not (allow_open and label == OPEN_LABEL)):
         return None
     return label
 
