@@ -207,7 +207,8 @@ def _check_trainer_key(leaf: str) -> None:
     allowed = set(inspect.signature(Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
     if leaf not in allowed:
         raise ConfigError(
-            f"unknown config key 'trainer.{leaf}'; Lightning Trainer accepts: {', '.join(sorted(allowed))}"
+            f"unknown config key 'trainer.{leaf}'; valid keys here (Lightning Trainer arguments): "
+            f"{', '.join(sorted(allowed))}"
         )
 
 
@@ -266,6 +267,26 @@ def experiment_runs(experiment: str) -> list[list[str]]:
     return [[str(item) for item in run] for run in runs]
 
 
+def _validate_choices(cfg: DictConfig) -> None:
+    """Keys that take one of a few words, checked before any data is loaded."""
+    from lt_bench.data.augment import AUGMENTATIONS
+    from lt_bench.schedules import SCHEDULES
+
+    choices = {
+        "resume": ("auto", True, False),
+        "eval.checkpoint": ("last", "best_val"),
+        "schedule.name": SCHEDULES,
+        "optim.name": ("sgd",),
+        "data.train_augment": AUGMENTATIONS,
+        "train.nonfinite_loss": ("error", "skip"),
+    }
+    for key, valid in choices.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in valid:
+            words = ", ".join(str(v).lower() for v in valid)
+            raise ConfigError(f"{key}={value!r} is not one of: {words}")
+
+
 def _validate_optim(optim: DictConfig) -> None:
     """The rules of ``torch.optim.SGD``, checked before any data is loaded."""
     for key in ("lr", "momentum", "weight_decay"):
@@ -285,6 +306,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed={cfg.seed!r} must be an integer in [0, 2**32)")
     _validate_optim(cfg.optim)
+    _validate_choices(cfg)
     for group, registry in GROUPS.items():
         registry.get(cfg[group].name)
     imbalance = cfg.dataset.get("imbalance_factor")
