@@ -1,4 +1,4 @@
-"""The ``lt-bench`` command: run | sweep | table | list | data summary | data pack."""
+"""The ``lt-bench`` command: run | sweep | table | compare | report | list | data summary | data pack."""
 
 from __future__ import annotations
 
@@ -126,6 +126,9 @@ def one_line(exc: LTBenchError) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lt_bench.reports.compare import add_compare_parser
+    from lt_bench.reports.html import add_report_parser
+
     parser = argparse.ArgumentParser(
         prog="lt-bench", description="Benchmark suite for long-tailed image recognition."
     )
@@ -144,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="record.json files or folders holding them")
     p.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     p.set_defaults(func=_cmd_table)
+
+    add_compare_parser(sub)
+    add_report_parser(sub)
 
     p = sub.add_parser("list", help="registered methods, datasets, backbones, or experiment files")
     p.add_argument("what", choices=("methods", "datasets", "backbones", "experiments"))

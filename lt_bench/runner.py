@@ -196,6 +196,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         image_size=cfg.data.image_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
+        rotate_degrees=cfg.data.rotate_degrees,
     )
     method_cls = METHODS.get(cfg.method.name)
     method: BaseMethod = method_cls(
@@ -217,10 +218,12 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
     if dataset.val is not None:
         trainer.validate(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    method.test_time_stage(trainer, datamodule)
     eval_seconds = time.perf_counter() - t1
+    eval_images = sum(method.results[k]["num_samples"] for k in [*test_sets, "val"] if k in method.results)
+    t2 = time.perf_counter()
+    method.test_time_stage(trainer, datamodule)
+    test_time_seconds = time.perf_counter() - t2
     check_finite(method.results)
-    eval_images = sum(r["num_samples"] for r in method.results.values())
 
     record = {
         "schema": SCHEMA_VERSION,
@@ -260,6 +263,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
             "eval_seconds": round(eval_seconds, 3),
             "train_images_per_second": round(method.train_images_seen / train_seconds, 1),
             "eval_images_per_second": round(eval_images / eval_seconds, 1),
+            "test_time_seconds": round(test_time_seconds, 3),
         },
     }
     if not trainer.is_global_zero:

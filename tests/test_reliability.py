@@ -63,6 +63,10 @@ def assert_same_metrics(a: dict, b: dict, rel: float = 0.0) -> None:
             other = b[split][key]
             if rel and isinstance(value, float) and key in ("ece", "mce", "nll"):
                 assert math.isclose(value, other, rel_tol=rel), (split, key)
+            elif rel and key == "calibration_bins":
+                assert value["count"] == other["count"], (split, key)
+                for part in ("conf", "acc"):
+                    assert all(map(lambda x, y: math.isclose(x, y, rel_tol=rel), value[part], other[part]))
             else:
                 assert value == other, (split, key)
 

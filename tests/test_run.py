@@ -30,6 +30,7 @@ METHODS = ("ce", "balanced_softmax", "ldam_drw")
 TRAIN_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 LT_METRIC_KEYS = {
     "top1",
+    "calibration_bins",
     "balanced_acc",
     "many",
     "medium",

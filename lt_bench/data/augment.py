@@ -7,6 +7,7 @@ Randomness comes from torch's generator of the batch's device (seeded by ``seed`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from lt_bench.errors import ConfigError
 
-AUGMENTATIONS = ("none", "crop_flip")
+AUGMENTATIONS = ("none", "crop_flip", "crop_flip_rotate")
 
 
 def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
@@ -41,6 +42,24 @@ def random_hflip(images: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)
 
 
+def random_rotation(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate each image by an angle uniform in ``[-degrees, degrees]`` about its centre (``[B, H, W, C]``).
+
+    As torchvision ``RandomRotation(degrees)`` with its defaults: nearest-neighbour sampling, no
+    expansion, zero fill. Nearest sampling keeps uint8 values exact.
+    """
+    b = images.shape[0]
+    angle = (torch.rand(b, device=images.device) * 2 - 1) * math.radians(degrees)
+    cos, sin = angle.cos(), angle.sin()
+    zero = torch.zeros_like(cos)
+    # grid_sample maps output to input coordinates: rotating the image by +a samples at R(-a).
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    x = images.permute(0, 3, 1, 2).float()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    rotated = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return rotated.permute(0, 2, 3, 1).to(images.dtype)
+
+
 def to_normalized_nchw(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 ``[B, H, W, C]`` -> float ``[B, C, H, W]``, ``(x / 255 - mean) / std``."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
@@ -52,12 +71,22 @@ def to_normalized_nchw(images: torch.Tensor, mean: Sequence[float], std: Sequenc
 class BatchAugment:
     """Train-time augmentation of uint8 batches followed by normalisation."""
 
-    def __init__(self, name: str, mean: Sequence[float], std: Sequence[float], padding: int = 4):
+    def __init__(
+        self,
+        name: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        padding: int = 4,
+        rotate_degrees: float = 15.0,
+    ):
         if name not in AUGMENTATIONS:
             raise ConfigError(f"unknown data.train_augment '{name}'; valid: {', '.join(AUGMENTATIONS)}")
         self.name, self.mean, self.std, self.padding = name, list(mean), list(std), padding
+        self.rotate_degrees = rotate_degrees
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.name == "crop_flip":
+        if self.name in ("crop_flip", "crop_flip_rotate"):
             images = random_hflip(random_crop(images, self.padding))
+        if self.name == "crop_flip_rotate":
+            images = random_rotation(images, self.rotate_degrees)
         return to_normalized_nchw(images, self.mean, self.std)

@@ -180,8 +180,10 @@ class BaseMethod(L.LightningModule):
     def _finish(self, name: str, metric: LTMetrics) -> dict[str, Any]:
         """Compute ``metric`` into ``results[name]`` (with per-class test counts) and keep its confusion."""
         confusion = metric.confusion_matrix().cpu().numpy()
+        bins = metric.calibration_bins()
         result = metric.compute()
         result["class_counts"] = confusion.sum(axis=1).tolist()
+        result["calibration_bins"] = bins
         self.results[name], self.confusions[name] = result, confusion
         return result
 

@@ -18,16 +18,15 @@ predicts with ``Σ_k ω_k z_k``. It is transductive, so a run that uses it is ma
 
 Deviations from the official code (also listed in configs/method/sade.yaml):
 
-* the two test-time views are the training augmentation of ``data.train_augment`` (crop + flip),
+* the two test-time views are the training augmentation of ``data.train_augment``,
   not SADE's SimCLR-style views (crop, colour jitter, grayscale, blur, flip);
 * the official CIFAR script learns the weights on *training* images resampled to each test
   distribution (``IMBALANCECIFAR100(train=True, imb_factor=test_imb_factor)``); we learn them on the
   evaluation split itself, as the paper and methods.md §3.3 describe;
 * the stopping check compares the exact weights with 0.05 (the official code compares the weights
   rounded to two decimals); test-time aggregation on image-file datasets is not implemented yet;
-* CIFAR training uses crop + flip without SADE's RandomRotation(15) (not in lt-bench's batched
-  augmentation yet), and the evaluated model is the last epoch's (the official trainer keeps the
-  checkpoint with the best test accuracy).
+* the evaluated model is the last epoch's (the official trainer keeps the checkpoint with the best
+  test accuracy).
 """
 
 from __future__ import annotations

@@ -128,6 +128,20 @@ class LTMetrics(Metric):
         with self.sync_context(should_unsync=True):
             return self.confmat.clone()
 
+    def calibration_bins(self) -> dict[str, list]:
+        """Per bin ``(b/n, (b+1)/n]``: sample count, mean top-1 confidence and accuracy (0 when empty).
+
+        In DDP this is a collective call: every rank must make it.
+        """
+        with self.sync_context(should_unsync=True):
+            states = (self.bin_count, self.bin_conf, self.bin_correct)
+            count, conf, correct = (t.cpu().numpy() for t in states)
+
+        def mean(total: np.ndarray) -> list[float]:
+            return np.divide(total, count, out=np.zeros_like(count), where=count > 0).tolist()
+
+        return {"count": count.astype(int).tolist(), "conf": mean(conf), "acc": mean(correct)}
+
     def test_counts(self) -> Tensor:
         """Test samples per class, ``[C]`` int64 (row sums of the confusion matrix)."""
         return self.confusion_matrix().sum(dim=1)

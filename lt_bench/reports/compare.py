@@ -288,8 +288,6 @@ def _title(groups: list[Group]) -> str:
 
 def compare_sections(groups: list[Group], top: int = 5) -> list[Section]:
     """The comparison as tables: main metrics, experts/variants, test-agnostic top-1, class changes."""
-    if not groups:
-        raise LTBenchError("nothing to compare: give run folders, record.json files or folders of them")
     seeds = "; ".join(f"{g.label}: seeds {', '.join(map(str, g.seeds))}" for g in groups)
     sections = [
         Section(

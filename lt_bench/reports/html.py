@@ -17,7 +17,6 @@ from typing import Any
 import pandas as pd
 
 from lt_bench.reports.compare import Group, Section, compare_sections, load_groups, with_baseline
-from lt_bench.reports.plots import figures, png_bytes
 from lt_bench.reports.table import records_frame, render, summarize
 
 STYLE = """
@@ -60,6 +59,8 @@ def _figure_html(name: str, png: bytes) -> str:
 
 
 def _block_html(groups: list[Group], top: int) -> str:
+    from lt_bench.reports.plots import figures, png_bytes  # matplotlib: only when a report is built
+
     made, notes = figures(groups)
     parts = [_section_html(s) for s in compare_sections(groups, top)]
     parts.extend(_figure_html(name, png_bytes(fig)) for name, fig in made.items())

@@ -43,6 +43,7 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
         tmp.write(text)
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates 0600; records are meant to be shared
     os.replace(tmp.name, path)
 
 
@@ -59,10 +60,15 @@ def write_per_class(
     results: dict[str, dict[str, Any]],
 ) -> Path:
     """``per_class.csv``: class, name, train count, and per evaluation set its test count and recall."""
-    table = pd.DataFrame({"class": range(len(class_names)), "name": class_names, "train_count": train_counts})
+    columns: dict[str, Any] = {
+        "class": range(len(class_names)),
+        "name": class_names,
+        "train_count": train_counts,
+    }
     for split, result in results.items():
-        table[f"{split}_count"] = result["class_counts"]
-        table[f"{split}_acc"] = result["per_class"]
+        columns[f"{split}_count"] = result["class_counts"]
+        columns[f"{split}_acc"] = result["per_class"]
+    table = pd.DataFrame(columns)
     path = run_dir / "per_class.csv"
     write_atomic(path, table.to_csv(index=False))
     return path
