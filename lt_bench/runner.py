@@ -239,6 +239,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         "uses_test_data_for_training": method.uses_test_data,
         "metrics": method.results,
         "method_extras": method.record_extras(),
+        "variants": {f"{method_label(cfg)}+{k}": v for k, v in method.result_variants.items()},
         "class_names": dataset.class_names,
         "train_counts": dataset.train_counts.tolist(),
         "shot_groups": dataset.shot_groups(),

@@ -12,7 +12,7 @@ import pytest
 
 from lt_bench.cli import main
 from lt_bench.errors import LTBenchError
-from lt_bench.reports.table import table
+from lt_bench.reports.table import records_frame, summarize, table
 
 COLUMNS = ("top1", "many", "medium", "few", "worst_class", "harmonic_mean", "ece")
 
@@ -248,3 +248,23 @@ def test_dataset_without_imbalance_factor(tmp_path: Path) -> None:
     assert row["top1"] == f"40.50 ± {100 * np.std([0.40, 0.41], ddof=1):.2f}"  # 0.71
     assert row["few"] == "10.00 ± 0.00"
     assert row["ece"] == "–"
+
+
+def test_record_variants_become_their_own_rows(tmp_path: Path) -> None:
+    """A record's ``variants`` (e.g. SADE's test-time aggregation) add rows under their own name."""
+    for seed, (plain, tta) in enumerate([(0.70, 0.74), (0.72, 0.78)]):
+        record = {
+            "dataset": "cifar10_lt",
+            "imbalance_factor": 100,
+            "method": "sade",
+            "seed": seed,
+            "provenance": {"finished": f"2026-11-27T00:00:0{seed}+00:00"},
+            "metrics": {"test": {"top1": plain}, "test_sade_tta": {"top1": tta}},
+            "variants": {"sade+tta": "test_sade_tta"},
+        }
+        (tmp_path / f"r{seed}").mkdir()
+        (tmp_path / f"r{seed}" / "record.json").write_text(json.dumps(record))
+    summary = summarize(records_frame([tmp_path])).set_index("method")
+    assert summary.loc["sade", "top1_mean"] == pytest.approx(0.71)
+    assert summary.loc["sade+tta", "top1_mean"] == pytest.approx(0.76)
+    assert summary.loc["sade+tta", "n"] == 2

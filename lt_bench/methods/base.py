@@ -58,6 +58,8 @@ class BaseMethod(L.LightningModule):
         self.register_buffer("first_nonfinite_step", torch.tensor(-1), persistent=False)
         self.results: dict[str, dict[str, Any]] = {}
         self.confusions: dict[str, np.ndarray] = {}
+        #: extra table rows of this run: name suffix -> results key (e.g. {"tta": "test_sade_tta"})
+        self.result_variants: dict[str, str] = {}
         self.train_images_seen = 0
 
     # --- model -------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ class BaseMethod(L.LightningModule):
         self.first_nonfinite_step = torch.where(
             bad & (self.first_nonfinite_step < 0),
             torch.as_tensor(self.global_step, device=loss.device),
-            self.first_nonfinite_step.to(loss.device),
+            self.first_nonfinite_step,
         )
         last_batch = batch_idx + 1 >= self.trainer.num_training_batches
         if batch_idx % self.trainer.log_every_n_steps == 0 or last_batch:

@@ -324,6 +324,8 @@ class SADE(MultiExpertMethod):
             metric.update(aggregate(logits, weights), targets[b * size : (b + 1) * size].to(self.device))
         self._finish(f"{name}_sade_tta", metric)
         self.tta_weights[name] = {"weights": weights.cpu().tolist(), "epochs": passes}
+        if name == "test":
+            self.result_variants["tta"] = "test_sade_tta"
 
     def record_extras(self) -> dict[str, Any]:
         return {"sade_tta": self.tta_weights} if self.tta_weights else {}

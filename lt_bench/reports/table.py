@@ -15,19 +15,23 @@ FORMATS = ("md", "csv", "latex")
 
 
 def records_frame(paths: list[Path]) -> pd.DataFrame:
-    """One row per run (test-set metrics); a re-run of the same seed keeps the newest record."""
+    """One row per run (test-set metrics) and per variant it records (e.g. ``sade+tta`` from
+    ``metrics.test_sade_tta``); a re-run of the same seed keeps the newest record."""
     rows = []
     for path in find_records(paths):
         record = read_record(path)
-        test = record["metrics"]["test"]
-        rows.append(
-            {
-                **{key: record[key] for key in KEYS},
-                "seed": record["seed"],
-                "finished": record["provenance"]["finished"],
-                **{col: test.get(col) for col in COLUMNS},
-            }
-        )
+        variants = {record["method"]: "test", **record.get("variants", {})}
+        for method, key in variants.items():
+            result = record["metrics"][key]
+            rows.append(
+                {
+                    **{k: record[k] for k in KEYS},
+                    "method": method,
+                    "seed": record["seed"],
+                    "finished": record["provenance"]["finished"],
+                    **{col: result.get(col) for col in COLUMNS},
+                }
+            )
     frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "finished", *COLUMNS])
     frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
     frame = frame.sort_values("finished").drop_duplicates([*KEYS, "seed"], keep="last")

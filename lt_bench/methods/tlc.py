@@ -1,0 +1,367 @@
+"""TLC: Trustworthy Long-Tailed Classification (Li, Han, Li, Fu, Zhang; CVPR 2022).
+
+methods.md §2, official code ``lblaoke/TLC@204f50b`` (``model/ResnetCifar.py``, ``model/loss.py``).
+Experts on a ``MultiExpertNet`` trunk (CIFAR: only the stem shared, per-expert layer1-3; timm
+ResNets: shared through layer3), each with a cosine head times s = 30 giving logits ``z_k``.
+
+Evidential quantities per expert k (C classes)::
+
+    e_k = exp(z_k),  α_k = e_k + 1,  S_k = Σ_c α_kc,  b_k = e_k / S_k,  u_k = C / S_k
+
+Dempster–Shafer chain and engagement weights (as coded): ``w_0 = 1`` and, for k = 0..K-1,
+``w_{k+1} = w_k · u_k / (1 - Γ_k)`` with ``Γ_0 = 0`` and ``Γ_k = Σ_{i≠j} b_{k-1,i} b_{k,j}`` the
+conflict between the previous expert's *raw* belief and expert k's. Expert k reads ``w_k``; the last
+entry ``w_K`` is the sample's uncertainty (``outputs["uncertainty"]``). For two experts ``w_2`` is
+exactly the uncertainty of the Dempster–Shafer combination of the two opinions (``ds_combine``).
+
+Aggregated output ``ŷ = Σ_k a_k ⊙ z_k``:
+
+* ``aggregation: per_sample`` (default, a deviation): ``a_k[n] = softmax_k(w_k[n] / η)`` over the
+  experts of one sample, so a test prediction never depends on the other samples of its batch;
+* ``aggregation: batch`` (official): ``a_k[n] = exp(w_k[n]/η) / Σ_{m∈batch} exp(w_k[m]/η)``. Its
+  scale is ~K/B, so ``logits`` is this output times ``B / K`` (same argmax; weights averaging 1/K
+  per expert over the batch, like the per-sample variant) to keep softmax calibration meaningful.
+
+``logits`` (what ``LTMetrics`` receives) is ŷ: a convex combination of expert logits per sample in
+the default variant; ``softmax(ŷ)`` is the predicted distribution.
+
+Loss per expert k and sample n (``tlc_expert_losses``), epoch ``t`` counted from 1 as the official
+trainer does (``t = current_epoch + 1``), m_y the LDAM margins (max 0.5), ω the DRW weights
+(β = 0.9999) once ``t > reweight_epoch`` and 1 before::
+
+    z̃ = z_k - s·m_y·onehot_y,   α̃ = exp(z̃)                           (no +1)
+    ℓ_nll = -ω_y log(α̃_y / Σ α̃)
+    α̂ = y + (1 - y) ⊙ (α̃ + 1)
+    ℓ_KL = lnΓ(Σα̂) - lnΓ(C) - Σ lnΓ(α̂_c) + Σ (α̂_c - 1)(ψ(α̂_c) - ψ(Σα̂))
+    div = 0.01 · T̄² · KL(softmax(ŷ/T) ‖ softmax(z_k/T)),  ŷ without gradient
+    ℓ = ℓ_nll + (t / T_ann) ℓ_KL - div,     T_ann = (reweight_epoch + annealing) / reweight_factor
+    L_k = Σ_n mask_kn ℓ_n / Σ_n mask_kn,   mask_kn = [w_k[n] / max_batch w_k > τ],   L = Σ_k L_k
+
+with T_c = (C π_c f + 1 - f) / max_c(...) (f = reweight_factor) once ``t > reweight_epoch`` and T = 1
+before; T̄ = mean_c T_c.
+
+Deviations from the official code (also listed in configs/method/tlc.yaml):
+
+* per-sample aggregation by default (above); the official batch-normalised one is ``aggregation:
+  batch``. The diversity target ŷ is the official batch-normalised output in both cases
+  (``diversity_target: batch``; ``prediction`` uses ``logits`` instead);
+* the evidential KL is evaluated in float64 (α̃ reaches e^30: float32 lgamma/digamma cancel badly);
+* the CIFAR-LT training set is the standard LDAM-DRW construction (methods.md §0.1), not TLC's own
+  unseeded generator (500…7 images, effective IF ≈ 71 on CIFAR-100);
+* Many/Medium/Few are the >100 / 20–100 / <20 groups, not TLC's equal thirds of class indices;
+* the evaluated model is the last epoch's (the official trainer selects on test).
+
+Uncertainty quality (``record_extras()["tlc_uncertainty"]``, per evaluation set): AUROC of ``u`` for
+failure prediction (positive = misclassified) and for tail detection (positive = a test sample of a
+few- or medium-shot class, negative = many-shot; on CIFAR-10-LT only medium exists). OOD AUROC:
+``ood_auroc`` is provided, but lt-bench has no out-of-distribution evaluation set yet (TODO).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lt_bench.errors import ConfigError
+from lt_bench.methods.base import Outputs
+from lt_bench.methods.baselines import class_balanced_weights, ldam_margins
+from lt_bench.methods.sade import MultiExpertMethod
+from lt_bench.metrics.shots import shot_groups
+from lt_bench.registry import register_method
+
+AGGREGATIONS = ("per_sample", "batch")
+DIVERSITY_TARGETS = ("batch", "prediction")
+#: weight of the diversity term (hard-coded ``0.01`` in the official ``TLCLoss``)
+DIVERSITY_WEIGHT = 0.01
+#: β of the DRW class-balanced weights (official ``betas = [0, 0.9999]``)
+DRW_BETA = 0.9999
+
+
+# --- evidential quantities and Dempster–Shafer combination -----------------------------------------
+def evidential(logits: Tensor) -> dict[str, Tensor]:
+    """``e = exp(z)``, ``α = e + 1``, ``S = Σα``, belief ``b = e/S`` ``[..., C]``, ``u = C/S`` ``[...]``."""
+    evidence = torch.exp(logits)
+    alpha = evidence + 1
+    strength = alpha.sum(dim=-1)
+    return {
+        "evidence": evidence,
+        "alpha": alpha,
+        "strength": strength,
+        "belief": evidence / strength.unsqueeze(-1),
+        "uncertainty": logits.shape[-1] / strength,
+    }
+
+
+def conflict(belief_a: Tensor, belief_b: Tensor) -> Tensor:
+    """``Γ = Σ_{i≠j} a_i b_j = (Σa)(Σb) - Σ a_i b_i`` over the last dimension."""
+    return belief_a.sum(-1) * belief_b.sum(-1) - (belief_a * belief_b).sum(-1)
+
+
+def ds_combine(
+    belief_a: Tensor, uncertainty_a: Tensor, belief_b: Tensor, uncertainty_b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Dempster's rule for two subjective opinions (``b``, ``u`` with ``Σb + u = 1``)::
+
+    b_c = (a_c b_c + a_c u_b + b_c u_a) / (1 - Γ),   u = u_a u_b / (1 - Γ)
+    """
+    scale = 1 - conflict(belief_a, belief_b)
+    belief = (
+        belief_a * belief_b + belief_a * uncertainty_b.unsqueeze(-1) + belief_b * uncertainty_a.unsqueeze(-1)
+    ) / scale.unsqueeze(-1)
+    return belief, uncertainty_a * uncertainty_b / scale
+
+
+def engagement_weights(expert_logits: Tensor) -> Tensor:
+    """The official chain ``w`` ``[K + 1, B]`` for expert logits ``[K, B, C]``.
+
+    ``w_0 = 1``; ``w_{k+1} = w_k u_k / (1 - Γ_k)`` with Γ between expert k-1's and expert k's raw
+    beliefs (``Γ_0 = 0``). Expert k is weighted by ``w_k``; ``w_K`` is the sample's uncertainty.
+    """
+    weights = [torch.ones(expert_logits.shape[1], dtype=expert_logits.dtype, device=expert_logits.device)]
+    previous = None
+    for logits in expert_logits:
+        quantities = evidential(logits)
+        gamma = 0 if previous is None else conflict(previous, quantities["belief"])
+        weights.append(weights[-1] * quantities["uncertainty"] / (1 - gamma))
+        previous = quantities["belief"]
+    return torch.stack(weights)
+
+
+def aggregation_weights(weights: Tensor, eta: float, mode: str) -> Tensor:
+    """``a`` ``[K, B]`` from the chain ``w[:K]``: softmax over experts (``per_sample``) or over the
+    samples of the batch (``batch``, official)."""
+    if mode == "per_sample":
+        return torch.softmax(weights / eta, dim=0)
+    if mode == "batch":
+        return torch.softmax(weights / eta, dim=1)
+    raise ConfigError(f"method.aggregation='{mode}'; valid: {', '.join(AGGREGATIONS)}")
+
+
+def aggregate_experts(expert_logits: Tensor, weights: Tensor, eta: float, mode: str) -> Tensor:
+    """``ŷ = Σ_k a_k ⊙ z_k`` ``[B, C]`` for expert logits ``[K, B, C]`` and chain ``w`` ``[K(+1), B]``."""
+    a = aggregation_weights(weights[: expert_logits.shape[0]], eta, mode)
+    return (a.unsqueeze(-1) * expert_logits).sum(dim=0)
+
+
+# --- loss --------------------------------------------------------------------------------------------
+def evidential_kl(alpha_hat: Tensor) -> Tensor:
+    """``KL(Dir(α̂) ‖ Dir(1))`` per row of ``α̂`` ``[B, C]``."""
+    total = alpha_hat.sum(dim=-1, keepdim=True)
+    num_classes = torch.tensor(float(alpha_hat.shape[-1]), dtype=alpha_hat.dtype, device=alpha_hat.device)
+    return (
+        torch.lgamma(total.squeeze(-1))
+        - torch.lgamma(num_classes)
+        - torch.lgamma(alpha_hat).sum(dim=-1)
+        + ((alpha_hat - 1) * (torch.digamma(alpha_hat) - torch.digamma(total))).sum(dim=-1)
+    )
+
+
+def diversity_temperature(class_counts: Tensor, factor: float) -> Tensor:
+    """RIDE's per-class temperature ``T_c = (C π_c f + 1 - f) / max_c(...)``."""
+    prior = class_counts / class_counts.sum()
+    t = len(class_counts) * prior * factor + 1 - factor
+    return t / t.max()
+
+
+def tlc_expert_losses(
+    expert_logits: Tensor,
+    targets: Tensor,
+    target_output: Tensor,
+    weights: Tensor,
+    *,
+    margins: Tensor,
+    scale: float,
+    class_weights: Tensor | None,
+    kl_coef: float,
+    temperature: Tensor | None,
+    tau: float,
+) -> Tensor:
+    """``[L_0, ..., L_{K-1}]`` (module docstring) for expert logits ``[K, B, C]``, the diversity
+    target ŷ ``[B, C]`` (detached here), the chain ``w`` ``[K(+1), B]``, LDAM ``margins`` ``[C]``,
+    DRW ``class_weights`` (None: 1) and the diversity ``temperature`` ``[C]`` (None: 1)."""
+    num_classes = expert_logits.shape[-1]
+    onehot = F.one_hot(targets, num_classes).to(expert_logits.dtype)
+    t = torch.ones(num_classes, device=expert_logits.device) if temperature is None else temperature
+    t_mean = t.mean()
+    target_dist = torch.softmax(target_output.detach() / t, dim=1)
+    losses = []
+    for k, logits in enumerate(expert_logits):
+        margin_logits = logits - scale * margins[targets].unsqueeze(1) * onehot
+        nll = F.nll_loss(F.log_softmax(margin_logits, dim=1), targets, weight=class_weights, reduction="none")
+        alpha_tilde = torch.exp(margin_logits.double())
+        alpha_hat = onehot.double() + (1 - onehot.double()) * (alpha_tilde + 1)
+        kl = evidential_kl(alpha_hat).to(logits.dtype)
+        div = F.kl_div(F.log_softmax(logits / t, dim=1), target_dist, reduction="none").sum(dim=1)
+        per_sample = nll + kl_coef * kl - DIVERSITY_WEIGHT * t_mean**2 * div
+        w = weights[k].detach()
+        mask = (w / w.max() > tau).to(per_sample.dtype)
+        losses.append((mask * per_sample).sum() / mask.sum())
+    return torch.stack(losses)
+
+
+# --- uncertainty quality ---------------------------------------------------------------------------
+def auroc(scores: np.ndarray | Sequence[float], positive: np.ndarray | Sequence[bool]) -> float:
+    """Area under the ROC curve of ``scores`` for ``positive`` (Mann–Whitney U with mid-ranks for
+    ties): ``P(s_pos > s_neg) + P(s_pos = s_neg) / 2``. NaN when either class is empty."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(len(s), dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2  # mean of 1-based ranks start+1..end
+    u_stat = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
+    return float(u_stat / (n_pos * n_neg))
+
+
+def ood_auroc(uncertainty_in: np.ndarray, uncertainty_out: np.ndarray) -> float:
+    """AUROC of the uncertainty for out-of-distribution (positive) vs in-distribution samples."""
+    scores = np.concatenate([np.asarray(uncertainty_in), np.asarray(uncertainty_out)])
+    positive = np.r_[np.zeros(len(uncertainty_in), bool), np.ones(len(uncertainty_out), bool)]
+    return auroc(scores, positive)
+
+
+def uncertainty_quality(
+    uncertainty: np.ndarray, correct: np.ndarray, targets: np.ndarray, train_counts: Sequence[int]
+) -> dict[str, float]:
+    """Failure-prediction and tail-detection AUROC of a per-sample uncertainty (NaN when undefined)."""
+    groups = shot_groups(train_counts)
+    tail = np.zeros(len(train_counts), dtype=bool)
+    tail[groups["medium"] + groups["few"]] = True
+    many = np.zeros(len(train_counts), dtype=bool)
+    many[groups["many"]] = True
+    keep = tail[targets] | many[targets]
+    return {
+        "failure_auroc": auroc(uncertainty, ~correct),
+        "tail_auroc": auroc(uncertainty[keep], tail[targets][keep]),
+        "mean_uncertainty": float(np.mean(uncertainty)) if len(uncertainty) else float("nan"),
+        "num_samples": len(uncertainty),
+    }
+
+
+# --- the method ------------------------------------------------------------------------------------
+@register_method("tlc", paper="Li et al., TLC (Trustworthy Long-Tailed Classification), CVPR 2022")
+class TLC(MultiExpertMethod):
+    """Evidential experts, Dempster–Shafer engagement, ``tlc_expert_losses`` (module docstring).
+
+    ``forward`` adds ``uncertainty`` ``[B]`` (``w_K``), ``engagement`` (the chain ``w`` ``[K+1, B]``)
+    and ``batch_output`` (the official batch-normalised ŷ) to the multi-expert outputs; ``logits``
+    is ŷ of ``method.aggregation``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        m = self.method_cfg
+        if m.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"method.aggregation='{m.aggregation}'; valid: {', '.join(AGGREGATIONS)}")
+        if m.diversity_target not in DIVERSITY_TARGETS:
+            raise ConfigError(
+                f"method.diversity_target='{m.diversity_target}'; valid: {', '.join(DIVERSITY_TARGETS)}"
+            )
+        self.register_buffer("margins", ldam_margins(self.class_counts, m.max_m))
+        self.register_buffer("drw_weights", class_balanced_weights(self.class_counts, DRW_BETA))
+        self.register_buffer("temperature", diversity_temperature(self.class_counts, m.reweight_factor))
+        self._uncertainty: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}
+        self.uncertainty_results: dict[str, dict[str, float]] = {}
+
+    @property
+    def annealing_period(self) -> float:
+        """``T_ann = (reweight_epoch + annealing) / reweight_factor``."""
+        m = self.method_cfg
+        return (m.reweight_epoch + m.annealing) / m.reweight_factor
+
+    def forward(self, images: Tensor) -> Outputs:
+        outputs = super().forward(images)
+        expert_logits = outputs["expert_logits"]
+        w = engagement_weights(expert_logits)
+        eta = self.method_cfg.eta
+        batch_output = aggregate_experts(expert_logits, w, eta, "batch")
+        if self.method_cfg.aggregation == "per_sample":
+            logits = aggregate_experts(expert_logits, w, eta, "per_sample")
+        else:
+            logits = batch_output * (images.shape[0] / expert_logits.shape[0])
+        outputs.update(logits=logits, uncertainty=w[-1], engagement=w, batch_output=batch_output)
+        return outputs
+
+    def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
+        m = self.method_cfg
+        epoch = self.current_epoch + 1  # the official trainer counts epochs from 1
+        drw = epoch > m.reweight_epoch
+        target = outputs["batch_output"] if m.diversity_target == "batch" else outputs["logits"]
+        losses = tlc_expert_losses(
+            outputs["expert_logits"],
+            targets,
+            target,
+            outputs["engagement"],
+            margins=self.margins,
+            scale=self.classifier_scale(),
+            class_weights=self.drw_weights if drw else None,
+            kl_coef=epoch / self.annealing_period,
+            temperature=self.temperature if drw else None,
+            tau=m.tau,
+        )
+        return losses.sum()
+
+    # --- evaluation: per-sample uncertainty and its quality ------------------------------------
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._uncertainty = {name: [] for name in self.test_metrics}
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, targets = batch
+        outputs = self(images)
+        list(self.test_metrics.values())[dataloader_idx].update(self.predict_logits(outputs).float(), targets)
+        for metric, logits in zip(
+            list(self.expert_metrics.values())[dataloader_idx], outputs["expert_logits"], strict=True
+        ):
+            metric.update(logits.float(), targets)
+        correct = self.predict_logits(outputs).argmax(dim=1) == targets
+        name = list(self.test_metrics)[dataloader_idx]
+        self._uncertainty[name].append((outputs["uncertainty"].detach().double(), correct, targets))
+
+    def _gather(self, values: Tensor) -> Tensor:
+        """All processes' ``values`` concatenated (unequal lengths padded for the all-gather)."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return values
+        length = torch.tensor([len(values)], device=values.device)
+        lengths = self.all_gather(length).flatten().tolist()
+        padded = torch.zeros(max(lengths), dtype=values.dtype, device=values.device)
+        padded[: len(values)] = values
+        gathered = self.all_gather(padded)
+        return torch.cat([gathered[r, :n] for r, n in enumerate(lengths)])
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        counts = self.class_counts.long().tolist()
+        for name, parts in self._uncertainty.items():
+            if parts:
+                u, correct, targets = (torch.cat(p) for p in zip(*parts, strict=True))
+            else:
+                u = torch.zeros(0, dtype=torch.float64, device=self.device)
+                correct = torch.zeros(0, dtype=torch.bool, device=self.device)
+                targets = torch.zeros(0, dtype=torch.long, device=self.device)
+            u, correct, targets = self._gather(u), self._gather(correct), self._gather(targets)
+            self.uncertainty_results[name] = uncertainty_quality(
+                u.cpu().numpy(), correct.cpu().numpy().astype(bool), targets.cpu().numpy(), counts
+            )
+        self._uncertainty = {}
+
+    def record_extras(self) -> dict[str, Any]:
+        m = self.method_cfg
+        extras: dict[str, Any] = {
+            "tlc_aggregation": m.aggregation,
+            "tlc_ood_auroc": "not computed: no out-of-distribution evaluation set in lt-bench yet",
+        }
+        if self.uncertainty_results:
+            extras["tlc_uncertainty"] = self.uncertainty_results
+        return extras
