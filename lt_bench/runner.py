@@ -232,6 +232,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         "method_name": cfg.method.name,
         "dataset": cfg.dataset.name,
         "imbalance_factor": dataset.info.get("imbalance_factor"),
+        "profile": dataset.info.get("profile"),
         "seed": cfg.seed,
         "subset_seed": dataset.info.get("subset_seed"),
         "experiment": cfg.experiment,

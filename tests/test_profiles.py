@@ -201,3 +201,11 @@ def test_class_needing_more_images_than_available_raises() -> None:
     targets = np.repeat(np.arange(3), [10, 4, 10])
     with pytest.raises(ConfigError, match="class 1 needs 8 images but the source has 4"):
         long_tailed_indices(targets, [10, 8, 5])
+
+
+def test_balanced_profile_has_the_exponential_total_spread_evenly() -> None:
+    """The balanced variant for relative accuracy: same total (to within C - 1), equal classes."""
+    from lt_bench.data.profiles import class_counts as counts
+
+    assert counts(5000, 10, 100, "balanced") == [1240] * 10  # 12,406 // 10
+    assert counts(500, 100, 100, "balanced") == [108] * 100  # 10,847 // 100

@@ -268,3 +268,39 @@ def test_record_variants_become_their_own_rows(tmp_path: Path) -> None:
     assert summary.loc["sade", "top1_mean"] == pytest.approx(0.71)
     assert summary.loc["sade+tta", "top1_mean"] == pytest.approx(0.76)
     assert summary.loc["sade+tta", "n"] == 2
+
+
+def _record(path: Path, method: str, seed: int, top1: float, profile: str = "exp") -> None:
+    record = {
+        "dataset": "cifar10_lt",
+        "imbalance_factor": 100,
+        "method": method,
+        "profile": profile,
+        "seed": seed,
+        "provenance": {"finished": f"2026-11-27T00:00:0{seed}+00:00"},
+        "metrics": {"test": {"top1": top1}},
+    }
+    path.mkdir(parents=True)
+    (path / "record.json").write_text(json.dumps(record))
+
+
+def test_relative_accuracy_from_balanced_set_runs(tmp_path: Path) -> None:
+    """A_r = A_t / max(A_v, A_b): survey §4.1, with A_v from CE and A_b from the method itself."""
+    _record(tmp_path / "ce", "ce", 0, 0.60)
+    _record(tmp_path / "ce_bal", "ce", 0, 0.80, profile="balanced")
+    _record(tmp_path / "bs", "balanced_softmax", 0, 0.70)
+    _record(tmp_path / "bs_bal", "balanced_softmax", 0, 0.84, profile="balanced")
+    _record(tmp_path / "ldam", "ldam_drw", 0, 0.72)  # no balanced run of its own: A_u = A_v
+    summary = summarize(records_frame([tmp_path])).set_index("method")
+    assert summary.loc["ce", "relative"] == pytest.approx(0.60 / 0.80)
+    assert summary.loc["balanced_softmax", "relative"] == pytest.approx(0.70 / 0.84)
+    assert summary.loc["ldam_drw", "relative"] == pytest.approx(0.72 / 0.80)
+    assert np.isnan(summary.loc["ce (balanced set)", "relative"])
+    text = table([tmp_path])
+    assert text.splitlines()[0].endswith("| relative |")
+    assert "| cifar10_lt | 100 | ce (balanced set) | 1 | 80.00 |" in text
+
+
+def test_no_relative_column_without_balanced_runs(tmp_path: Path) -> None:
+    _record(tmp_path / "ce", "ce", 0, 0.60)
+    assert "relative" not in table([tmp_path])

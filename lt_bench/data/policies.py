@@ -15,9 +15,10 @@ random choices are per sample and follow torchvision's per-image transforms:
 AutoAugment and RandAugment draw one discrete action (op, signed magnitude) per sample and op
 slot, sort the batch by action and run torchvision's own functional op once per action present on
 that subset, so each image gets bit-for-bit torchvision's result. Sizing those subsets costs one
-host sync per op slot (``bincount(...).tolist()``: 2 per call); nothing else syncs. The SimCLR view
-uses per-sample parameters directly (gathers, broadcast factors, grouped convolution) and does not
-sync at all.
+host sync per op slot (``bincount(...).tolist()``: 2 per AutoAugment call, ``num_ops`` per
+RandAugment call); nothing else syncs. The SimCLR view uses per-sample parameters directly (gathers,
+broadcast factors, grouped convolution); off the CPU it does not sync at all (on the CPU its colour
+jitter indexes the samples that chose each adjustment, which costs nothing there).
 """
 
 from __future__ import annotations

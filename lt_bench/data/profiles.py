@@ -16,7 +16,7 @@ import numpy as np
 
 from lt_bench.errors import ConfigError
 
-PROFILES = ("exp", "step")
+PROFILES = ("exp", "step", "balanced")
 
 
 def check_imbalance_factor(imbalance_factor: float) -> float:
@@ -41,12 +41,17 @@ def class_counts(
     ``exp``: ``n_i = int(n_max * IF ** (-i / (C - 1)))``.
     ``step`` (Buda et al., as in LDAM-DRW): the first ``C - int(step_fraction * C)`` classes keep
     ``n_max``, the rest get ``int(n_max / IF)``.
+    ``balanced``: the balanced variant of the ``exp`` set for relative accuracy (survey §4.1,
+    metrics.md §2.2): ``int(sum(exp counts) / C)`` images per class, the same total size.
     """
     imbalance_factor = check_imbalance_factor(imbalance_factor)
     if profile == "exp":
         if num_classes == 1:
             return [n_max]
         return [int(n_max * (1.0 / imbalance_factor) ** (i / (num_classes - 1))) for i in range(num_classes)]
+    if profile == "balanced":
+        total = sum(class_counts(n_max, num_classes, imbalance_factor, "exp"))
+        return [total // num_classes] * num_classes
     if profile == "step":
         n_minor = int(step_fraction * num_classes)
         return [n_max] * (num_classes - n_minor) + [int(n_max / imbalance_factor)] * n_minor

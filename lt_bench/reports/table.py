@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lt_bench.metrics.relative import relative_accuracy
 from lt_bench.reports.record import find_records, read_record
 
 COLUMNS = ("top1", "many", "medium", "few", "worst_class", "harmonic_mean", "ece")
@@ -20,7 +21,10 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
     rows = []
     for path in find_records(paths):
         record = read_record(path)
+        balanced = record.get("profile") == "balanced"
         variants = {record["method"]: "test", **record.get("variants", {})}
+        if balanced:
+            variants = {balanced_label(m): key for m, key in variants.items()}
         for method, key in variants.items():
             result = record["metrics"][key]
             rows.append(
@@ -38,14 +42,37 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
     return frame.drop(columns="finished").sort_values([*KEYS, "seed"], ignore_index=True)
 
 
+def balanced_label(method: str) -> str:
+    """Table name of a run trained on the balanced variant of the training set (``profile=balanced``)."""
+    return f"{method} (balanced set)"
+
+
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, IF, method): ``n`` seeds, ``<col>_mean`` and ``<col>_std`` (NaN for one seed)."""
+    """Per (dataset, IF, method): ``n`` seeds, ``<col>_mean`` and ``<col>_std`` (NaN for one seed),
+    and ``relative`` accuracy where balanced-set runs exist (see ``add_relative_accuracy``)."""
     grouped = frame.groupby(list(KEYS), sort=True, dropna=False)
     out = grouped.size().rename("n").to_frame()
     for col in COLUMNS:
         out[f"{col}_mean"] = grouped[col].mean()
         out[f"{col}_std"] = grouped[col].std(ddof=1)
-    return out.reset_index()
+    return add_relative_accuracy(out.reset_index())
+
+
+def add_relative_accuracy(summary: pd.DataFrame) -> pd.DataFrame:
+    """``relative = A_t / max(A_v, A_b)`` (survey §4.1, metrics.md §2.2) from mean top-1 accuracies.
+
+    A_v is CE trained on the balanced set of the same dataset and IF (``ce (balanced set)``), A_b the
+    method itself on that set when it was run (else A_u = A_v, valid when A_b <= A_v). NaN without A_v.
+    """
+    top1 = {(r.dataset, r.imbalance_factor, r.method): r.top1_mean for r in summary.itertuples()}
+    relative = []
+    for r in summary.itertuples():
+        vanilla = top1.get((r.dataset, r.imbalance_factor, balanced_label("ce")))
+        own = top1.get((r.dataset, r.imbalance_factor, balanced_label(r.method)))
+        lt_run = not r.method.endswith("(balanced set)")
+        ok = lt_run and vanilla is not None and vanilla > 0
+        relative.append(relative_accuracy(r.top1_mean, vanilla, own) if ok else math.nan)
+    return summary.assign(relative=relative)
 
 
 def _cell(mean: float, std: float, pm: str) -> str:
@@ -76,6 +103,8 @@ def render(summary: pd.DataFrame, fmt: str = "md") -> str:
             },
         }
     )
+    if summary["relative"].notna().any():
+        shown["relative"] = [_cell(v, math.nan, pm) for v in summary["relative"]]
     if fmt == "latex":
         return shown.to_latex(index=False, escape=False)
     header = "| " + " | ".join(shown.columns) + " |"

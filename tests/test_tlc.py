@@ -1,0 +1,308 @@
+"""TLC (methods.md §2) against direct transcriptions and hand-computed Dempster–Shafer numbers.
+
+Evidence ``e = exp(z)``, ``α = e + 1``, ``S = Σα``, ``b = e/S``, ``u = C/S``; chain ``w_0 = 1``,
+``w_{k+1} = w_k u_k / (1 - Γ_k)``; per-expert loss ``ℓ_nll + (t/T_ann) ℓ_KL - 0.01 T̄² KL(ŷ ‖ z_k)``
+averaged over engaged samples (``w_k / max w_k > 0.54``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from scipy.special import digamma
+from sklearn.metrics import roc_auc_score
+
+import lt_bench.methods.tlc  # noqa: F401  (registers "tlc")
+from lt_bench.config import compose
+from lt_bench.errors import ConfigError
+from lt_bench.methods.tlc import (
+    aggregate_experts,
+    auroc,
+    conflict,
+    diversity_temperature,
+    ds_combine,
+    engagement_weights,
+    evidential,
+    tlc_expert_losses,
+    uncertainty_quality,
+)
+from lt_bench.registry import METHODS
+
+COUNTS = [150, 60, 10, 5]
+SMALL = ("method.expert_widths=[8,8,8]",)  # narrow experts keep CPU tests fast
+
+
+def build(*overrides: str, counts: list[int] = COUNTS, experiment: str = "cifar10_lt/tlc"):
+    cfg = compose([f"experiment={experiment}", *SMALL, *overrides])
+    torch.manual_seed(0)
+    return METHODS.get("tlc")(cfg=OmegaConf.to_container(cfg), train_counts=counts, in_channels=3)
+
+
+# --- evidential quantities and Dempster–Shafer, by hand ------------------------------------------------
+# expert A: evidence (4, 1, 1) -> α (5, 2, 2), S = 9, b = (4/9, 1/9, 1/9), u = 1/3
+# expert B: evidence (1, 3, 1) -> α (2, 4, 2), S = 8, b = (1/8, 3/8, 1/8), u = 3/8
+# Γ = (Σb_A)(Σb_B) - Σ b_A,c b_B,c = (6/9)(5/8) - 8/72 = 22/72 = 11/36,  1 - Γ = 25/36
+# u = (1/3)(3/8) / (25/36) = 9/50;  b_0 = (4/72 + 12/72 + 3/72)(36/25) = 19/50,
+# b_1 = (3/72 + 3/72 + 9/72)(36/25) = 15/50,  b_2 = (1/72 + 3/72 + 3/72)(36/25) = 7/50
+LOGITS_A = torch.log(torch.tensor([[4.0, 1.0, 1.0]], dtype=torch.float64))
+LOGITS_B = torch.log(torch.tensor([[1.0, 3.0, 1.0]], dtype=torch.float64))
+
+
+def test_evidential_quantities_by_hand() -> None:
+    q = evidential(LOGITS_A)
+    torch.testing.assert_close(q["alpha"], torch.tensor([[5.0, 2.0, 2.0]], dtype=torch.float64))
+    assert q["strength"].item() == pytest.approx(9.0)
+    torch.testing.assert_close(q["belief"], torch.tensor([[4 / 9, 1 / 9, 1 / 9]], dtype=torch.float64))
+    assert q["uncertainty"].item() == pytest.approx(1 / 3)
+    assert (q["belief"].sum() + q["uncertainty"]).item() == pytest.approx(1.0)
+
+
+def test_dempster_shafer_two_experts_by_hand() -> None:
+    a, b = evidential(LOGITS_A), evidential(LOGITS_B)
+    assert conflict(a["belief"], b["belief"]).item() == pytest.approx(11 / 36)
+    belief, u = ds_combine(a["belief"], a["uncertainty"], b["belief"], b["uncertainty"])
+    assert belief.squeeze(0).tolist() == pytest.approx([19 / 50, 15 / 50, 7 / 50])
+    assert u.item() == pytest.approx(9 / 50)
+    # the official chain: w = (1, u_A, u_A u_B / (1 - Γ)); its last entry is the DS uncertainty
+    w = engagement_weights(torch.stack([LOGITS_A, LOGITS_B]))
+    assert w.squeeze(1).tolist() == pytest.approx([1.0, 1 / 3, 9 / 50])
+    # per-sample aggregation: a = softmax over experts of (1, 1/3) / η
+    eta = 0.2
+    a0 = 1 / (1 + math.exp(-(1 - 1 / 3) / eta))
+    expected = a0 * LOGITS_A + (1 - a0) * LOGITS_B
+    got = aggregate_experts(torch.stack([LOGITS_A, LOGITS_B]), w, eta, "per_sample")
+    torch.testing.assert_close(got, expected)
+    # batch of one, official: each expert's weight is normalised over the batch -> 1
+    got = aggregate_experts(torch.stack([LOGITS_A, LOGITS_B]), w, eta, "batch")
+    torch.testing.assert_close(got, LOGITS_A + LOGITS_B)
+
+
+def test_chain_uses_previous_raw_belief_for_three_experts() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = 2 * torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    w = engagement_weights(z)
+    for n in range(5):
+        row, prev_b = [1.0], None
+        for k in range(3):
+            e = [math.exp(v) for v in z[k, n].tolist()]
+            s = sum(e) + 4
+            b, u = [v / s for v in e], 4 / s
+            gamma = (
+                0.0 if prev_b is None else sum(prev_b[i] * b[j] for i in range(4) for j in range(4) if i != j)
+            )
+            row.append(row[-1] * u / (1 - gamma))
+            prev_b = b
+        assert w[:, n].tolist() == pytest.approx(row)
+
+
+# --- loss against a transcription ---------------------------------------------------------------------
+def loss_by_hand(z, y, target, w, margins, weights, kl_coef, temp, tau, scale=30.0):
+    """Per expert: masked mean over samples of ℓ_nll + kl_coef ℓ_KL - 0.01 T̄² KL, in Python floats."""
+    num_experts, batch, num_classes = len(z), len(z[0]), len(z[0][0])
+    t_mean = sum(temp) / num_classes
+    out = []
+    for k in range(num_experts):
+        wk = w[k]
+        mask = [wk[n] / max(wk) > tau for n in range(batch)]
+        total, count = 0.0, 0
+        for n in range(batch):
+            zt = [z[k][n][c] - (scale * margins[y[n]] if c == y[n] else 0.0) for c in range(num_classes)]
+            at = [math.exp(v) for v in zt]
+            nll = -weights[y[n]] * math.log(at[y[n]] / sum(at))
+            ah = [1.0 if c == y[n] else at[c] + 1 for c in range(num_classes)]
+            sh = sum(ah)
+            kl = (
+                math.lgamma(sh)
+                - math.lgamma(num_classes)
+                - sum(math.lgamma(a) for a in ah)
+                + sum((a - 1) * (digamma(a) - digamma(sh)) for a in ah)
+            )
+            p = [math.exp(target[n][c] / temp[c]) for c in range(num_classes)]
+            p = [v / sum(p) for v in p]
+            q = [math.exp(z[k][n][c] / temp[c]) for c in range(num_classes)]
+            q = [v / sum(q) for v in q]
+            div = sum(p[c] * (math.log(p[c]) - math.log(q[c])) for c in range(num_classes))
+            if mask[n]:
+                total += nll + kl_coef * kl - 0.01 * t_mean**2 * div
+                count += 1
+        out.append(total / count)
+    return out
+
+
+@pytest.mark.parametrize("drw", [False, True])
+def test_expert_losses_match_the_formula(drw: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    z = 3 * torch.randn(3, 6, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 3, 0])
+    target = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    w = torch.rand(4, 6, generator=g, dtype=torch.float64)
+    counts = torch.tensor(COUNTS, dtype=torch.float64)
+    margins = counts.pow(-0.25) * (0.5 / counts.pow(-0.25).max())
+    cb = (1 - 0.9999) / (1 - 0.9999**counts)
+    cb = cb / cb.sum() * 4
+    temp = diversity_temperature(counts, 0.05)
+    prior = (counts / counts.sum()).tolist()
+    raw_t = [4 * p * 0.05 + 1 - 0.05 for p in prior]
+    assert temp.tolist() == pytest.approx([t / max(raw_t) for t in raw_t])
+    got = tlc_expert_losses(
+        z,
+        y,
+        target,
+        w,
+        margins=margins,
+        scale=30.0,
+        class_weights=cb if drw else None,
+        kl_coef=0.37,
+        temperature=temp if drw else None,
+        tau=0.54,
+    )
+    expected = loss_by_hand(
+        z.tolist(),
+        y.tolist(),
+        target.tolist(),
+        w.tolist(),
+        margins.tolist(),
+        cb.tolist() if drw else [1.0] * 4,
+        0.37,
+        temp.tolist() if drw else [1.0] * 4,
+        0.54,
+    )
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_method_loss_schedule_and_engagement() -> None:
+    method = build()
+    assert method.annealing_period == pytest.approx((160 + 500) / 0.05)
+    out = method(torch.randn(5, 3, 8, 8))
+    y = torch.tensor([0, 1, 2, 3, 0])
+    # epoch 0 (0-indexed) = official epoch 1: KL coefficient 1/13200, no DRW, T = 1, target = batch output
+    expected = tlc_expert_losses(
+        out["expert_logits"],
+        y,
+        out["batch_output"],
+        out["engagement"],
+        margins=method.margins,
+        scale=30.0,
+        class_weights=None,
+        kl_coef=1 / 13200,
+        temperature=None,
+        tau=0.54,
+    ).sum()
+    assert method.compute_loss(out, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    # expert 0 always engages every sample (w_0 = 1)
+    assert torch.all(out["engagement"][0] == 1)
+
+
+# --- aggregation: per-sample vs batch -----------------------------------------------------------------
+def test_per_sample_prediction_does_not_depend_on_the_batch() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(4, 3, 8, 8)
+    other = x.clone()
+    other[1:] = 5 * torch.randn(3, 3, 8, 8)
+    method = build().eval()
+    with torch.no_grad():
+        a, b = method(x), method(other)
+    torch.testing.assert_close(a["logits"][0], b["logits"][0])
+    torch.testing.assert_close(a["uncertainty"][0], b["uncertainty"][0])
+    batch = build("method.aggregation=batch").eval()
+    with torch.no_grad():
+        a, b = batch(x), batch(other)
+    torch.testing.assert_close(a["uncertainty"][0], b["uncertainty"][0])
+    assert not torch.allclose(a["logits"][0], b["logits"][0])
+
+
+def test_aggregation_functions_on_random_logits() -> None:
+    g = torch.Generator().manual_seed(4)
+    z = 5 * torch.randn(3, 6, 5, generator=g)
+    z2 = z.clone()
+    z2[:, 1:] = 5 * torch.randn(3, 5, 5, generator=g)
+    per = [aggregate_experts(v, engagement_weights(v), 0.2, "per_sample")[0] for v in (z, z2)]
+    torch.testing.assert_close(per[0], per[1])
+    with pytest.raises(ConfigError):
+        aggregate_experts(z, engagement_weights(z), 0.2, "experts")
+    with pytest.raises(ConfigError):
+        build("method.aggregation=mean")
+
+
+# --- AUROC ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_matches_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, size=60).astype(float)  # many ties
+    labels = rng.random(60) < 0.4
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    scores = rng.normal(size=50)
+    assert auroc(scores, labels[:50]) == pytest.approx(roc_auc_score(labels[:50], scores))
+    assert math.isnan(auroc(scores, np.zeros(50, bool)))
+
+
+def test_uncertainty_quality_groups() -> None:
+    # classes 0 (many), 1 (medium), 2 (few); uncertainty is high exactly on tail and wrong samples
+    targets = np.array([0, 0, 1, 2, 2, 0])
+    u = np.array([0.1, 0.2, 0.8, 0.9, 0.7, 0.6])
+    correct = np.array([True, True, False, False, True, False])
+    q = uncertainty_quality(u, correct, targets, [150, 60, 10])
+    assert q["tail_auroc"] == pytest.approx(roc_auc_score(targets > 0, u))
+    assert q["failure_auroc"] == pytest.approx(roc_auc_score(~correct, u))
+    assert q["num_samples"] == 6
+
+
+def test_test_loop_records_uncertainty_quality() -> None:
+    method = build().eval()
+    method.on_test_epoch_start()
+    with torch.no_grad():
+        for _ in range(2):
+            method.test_step((torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))), 0)
+    method.on_test_epoch_end()
+    extras = method.record_extras()
+    q = extras["tlc_uncertainty"]["test"]
+    assert q["num_samples"] == 16 and q["mean_uncertainty"] >= 0.0
+    assert extras["tlc_aggregation"] == "per_sample"
+    assert "test_expert2" in method.results
+
+
+# --- training and configs -----------------------------------------------------------------------------
+def test_a_few_cpu_steps_lower_the_loss() -> None:
+    method = build()
+    torch.manual_seed(5)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
+    # experts 1-2 engage only the few samples with w_k / max w_k > 0.54, so the loss is noisy at
+    # larger learning rates; a small one fits the fixed batch steadily
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(10):
+        loss = method.compute_loss(method(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "backbone", "wd", "shared", "eta", "reweight", "factor"),
+    [
+        ("cifar10_lt/tlc", "resnet32", 2e-4, "stem", 0.2, 160, 0.05),
+        ("cifar100_lt/tlc", "resnet32", 5e-4, "stem", 0.2, 160, 0.05),
+        ("imagenet_lt/tlc", "resnet50", 2e-4, "layer3", 0.5, 80, 0.02),
+    ],
+)
+def test_experiment_configs(experiment, backbone, wd, shared, eta, reweight, factor) -> None:
+    cfg = compose([f"experiment={experiment}"])
+    assert cfg.method.name == "tlc" and cfg.backbone.name == backbone
+    assert cfg.optim.lr == 0.1 and cfg.optim.nesterov is True and cfg.optim.weight_decay == wd
+    m = cfg.method
+    assert (m.shared_until, m.eta, m.reweight_epoch, m.reweight_factor) == (shared, eta, reweight, factor)
+    assert m.tau == 0.54 and m.num_experts == 3 and m.aggregation == "per_sample" and m.scale == 30.0
+    if backbone == "resnet32":
+        assert cfg.data.batch_size == 128 and cfg.trainer.max_epochs == 200
+        assert cfg.schedule.milestones == [160, 180] and cfg.schedule.gamma == 0.01
+        assert cfg.data.train_augment == "crop_flip_rotate"
+    else:
+        assert cfg.data.batch_size == 256 and cfg.trainer.max_epochs == 100
+        assert cfg.schedule.milestones == [60, 80] and cfg.schedule.gamma == 0.1
