@@ -197,6 +197,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
         rotate_degrees=cfg.data.rotate_degrees,
+        cutout_size=cfg.data.cutout_size,
     )
     method_cls = METHODS.get(cfg.method.name)
     method: BaseMethod = method_cls(

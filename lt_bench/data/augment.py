@@ -15,7 +15,16 @@ import torch.nn.functional as F
 
 from lt_bench.errors import ConfigError
 
-AUGMENTATIONS = ("none", "crop_flip", "crop_flip_rotate")
+AUGMENTATIONS = (
+    "none",
+    "crop_flip",
+    "crop_flip_rotate",
+    "crop_flip_cutout",
+    "crop_flip_autoaugment",
+    "crop_flip_autoaugment_cutout",
+    "crop_flip_randaugment",
+    "simclr",
+)
 
 
 def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
@@ -78,15 +87,26 @@ class BatchAugment:
         std: Sequence[float],
         padding: int = 4,
         rotate_degrees: float = 15.0,
+        cutout_size: int = 16,
     ):
         if name not in AUGMENTATIONS:
             raise ConfigError(f"unknown data.train_augment '{name}'; valid: {', '.join(AUGMENTATIONS)}")
         self.name, self.mean, self.std, self.padding = name, list(mean), list(std), padding
-        self.rotate_degrees = rotate_degrees
+        self.rotate_degrees, self.cutout_size = rotate_degrees, cutout_size
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.name in ("crop_flip", "crop_flip_rotate"):
+        from lt_bench.data import policies  # policies imports this module
+
+        if self.name.startswith("crop_flip"):
             images = random_hflip(random_crop(images, self.padding))
         if self.name == "crop_flip_rotate":
             images = random_rotation(images, self.rotate_degrees)
+        if "autoaugment" in self.name:
+            images = policies.autoaugment_cifar10(images)
+        if "randaugment" in self.name:
+            images = policies.randaugment(images)
+        if self.name.endswith("_cutout"):
+            images = policies.cutout(images, self.cutout_size)
+        if self.name == "simclr":
+            images = policies.simclr_view(images)
         return to_normalized_nchw(images, self.mean, self.std)
