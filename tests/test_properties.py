@@ -571,6 +571,7 @@ def test_label_beyond_int64_is_a_data_error(list_file: Path, label: int) -> None
 @example(content=b"\xff\xfe", allow_open=False)
 @example(content=b"a 1\n\n\nb 2", allow_open=False)
 @example(content=b"a -1\r\n", allow_open=True)
+@example(content=b"\r 0", allow_open=False)  # a lone CR ends a line, as universal newlines do
 def test_parse_list_file_raises_only_data_error(list_file: Path, content: bytes, allow_open: bool) -> None:
     """Any file content: a one-line DataError, or paths and int64 labels that fit the list format.
 

@@ -42,7 +42,8 @@ def parse_list_file(path: str | Path, allow_open: bool = False) -> tuple[list[st
             f"list file {path} not found; {LISTS_SOURCE}: set dataset.list_dir to the folder that holds them"
         )
     try:
-        lines = path.read_bytes().decode("utf-8-sig").rstrip().split("\n")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is not part of the first path
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").rstrip().split("\n")
     except UnicodeDecodeError as err:
         raise DataError(
             f"list file {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
