@@ -129,5 +129,7 @@ class LTDataModule(L.LightningDataModule):
         if images.dtype != torch.uint8:
             return images, targets
         if self.trainer is not None and self.trainer.training:
+            if getattr(self.trainer.lightning_module, "raw_train_batches", False):
+                return images, targets  # the method builds its own views (e.g. MDCS)
             return self.augment(images), targets
         return to_normalized_nchw(images, self.mean, self.std), targets

@@ -201,8 +201,11 @@ class BaseMethod(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         images, targets = batch
-        metric = list(self.test_metrics.values())[dataloader_idx]
-        metric.update(self.predict_logits(self(images)).float(), targets)
+        self.update_test_metrics(self(images), targets, dataloader_idx)
+
+    def update_test_metrics(self, outputs: Outputs, targets: Tensor, dataloader_idx: int) -> None:
+        """Score one test batch; methods with more to score (experts, uncertainty) extend this."""
+        list(self.test_metrics.values())[dataloader_idx].update(self.predict_logits(outputs).float(), targets)
 
     def on_test_epoch_end(self) -> None:
         for name, metric in self.test_metrics.items():

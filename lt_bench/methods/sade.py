@@ -119,10 +119,8 @@ class MultiExpertMethod(BaseMethod):
             for metric in metrics:
                 metric.reset()
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        images, targets = batch
-        outputs = self(images)
-        list(self.test_metrics.values())[dataloader_idx].update(self.predict_logits(outputs).float(), targets)
+    def update_test_metrics(self, outputs: Outputs, targets: Tensor, dataloader_idx: int) -> None:
+        super().update_test_metrics(outputs, targets, dataloader_idx)
         for metric, logits in zip(
             list(self.expert_metrics.values())[dataloader_idx], outputs["expert_logits"], strict=True
         ):

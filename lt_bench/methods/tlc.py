@@ -317,14 +317,8 @@ class TLC(MultiExpertMethod):
         super().on_test_epoch_start()
         self._uncertainty = {name: [] for name in self.test_metrics}
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        images, targets = batch
-        outputs = self(images)
-        list(self.test_metrics.values())[dataloader_idx].update(self.predict_logits(outputs).float(), targets)
-        for metric, logits in zip(
-            list(self.expert_metrics.values())[dataloader_idx], outputs["expert_logits"], strict=True
-        ):
-            metric.update(logits.float(), targets)
+    def update_test_metrics(self, outputs: Outputs, targets: Tensor, dataloader_idx: int) -> None:
+        super().update_test_metrics(outputs, targets, dataloader_idx)
         correct = self.predict_logits(outputs).argmax(dim=1) == targets
         name = list(self.test_metrics)[dataloader_idx]
         self._uncertainty[name].append((outputs["uncertainty"].detach().double(), correct, targets))
