@@ -274,7 +274,7 @@ def _validate_choices(cfg: DictConfig) -> None:
 
     choices = {
         "resume": ("auto", True, False),
-        "eval.checkpoint": ("last", "best_val"),
+        "evaluation.checkpoint": ("last", "best_val"),
         "schedule.name": SCHEDULES,
         "optim.name": ("sgd",),
         "data.train_augment": AUGMENTATIONS,

@@ -70,7 +70,7 @@ def in_channels(split: Split) -> int:
 
 def evaluation_sets(dataset: LTDataset, cfg: DictConfig) -> dict[str, Split]:
     sets: dict[str, Split] = {"test": dataset.test}
-    if cfg.eval.test_agnostic:
+    if cfg.evaluation.test_agnostic:
         sets.update(
             {f"test_{k}": v for k, v in test_agnostic_sets(dataset.test, dataset.train_counts).items()}
         )
@@ -81,7 +81,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
     callbacks: list[L.Callback] = []
     if cfg.logger.progress_bar and sys.stdout.isatty():
         callbacks.append(RichProgressBar())
-    monitor = cfg.eval.checkpoint == "best_val"
+    monitor = cfg.evaluation.checkpoint == "best_val"
     callbacks.append(
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
@@ -117,9 +117,9 @@ def check_finite(results: dict[str, dict[str, Any]]) -> None:
 
 
 def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool) -> L.Trainer:
-    """Lightning Trainer from ``cfg.trainer``; validation during fit every ``eval.val_every_n_epochs``."""
+    """Lightning Trainer from ``cfg.trainer``; validation every ``evaluation.val_every_n_epochs``."""
     kwargs = OmegaConf.to_container(cfg.trainer)
-    every = cfg.eval.val_every_n_epochs
+    every = cfg.evaluation.val_every_n_epochs
     if not (validate_during_fit and every > 0):
         every = cfg.trainer.max_epochs + 1  # never during fit; trainer.validate runs after it
     kwargs.setdefault("check_val_every_n_epoch", every)
@@ -174,14 +174,14 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         if not quiet:
             print(f"{run_id}: already complete ({record_path}); delete the folder to run it again")
         return record_path
-    if cfg.eval.checkpoint not in ("last", "best_val"):
-        raise ConfigError(f"eval.checkpoint={cfg.eval.checkpoint!r}; valid: last, best_val")
+    if cfg.evaluation.checkpoint not in ("last", "best_val"):
+        raise ConfigError(f"evaluation.checkpoint={cfg.evaluation.checkpoint!r}; valid: last, best_val")
 
     started = datetime.now(timezone.utc)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dataset = build_dataset(cfg.dataset)
-    if cfg.eval.checkpoint == "best_val" and dataset.val is None:
-        raise ConfigError("eval.checkpoint=best_val needs a validation split; this dataset has none")
+    if cfg.evaluation.checkpoint == "best_val" and dataset.val is None:
+        raise ConfigError("evaluation.checkpoint=best_val needs a validation split; this dataset has none")
     test_sets = evaluation_sets(dataset, cfg)
     datamodule = LTDataModule(
         dataset.train,
@@ -214,7 +214,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
     train_seconds = time.perf_counter() - t0
     epochs_done = trainer.current_epoch
 
-    ckpt = "best" if cfg.eval.checkpoint == "best_val" else None
+    ckpt = "best" if cfg.evaluation.checkpoint == "best_val" else None
     t1 = time.perf_counter()
     if dataset.val is not None:
         trainer.validate(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
@@ -237,7 +237,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> Path:
         "seed": cfg.seed,
         "subset_seed": dataset.info.get("subset_seed"),
         "experiment": cfg.experiment,
-        "checkpoint": cfg.eval.checkpoint,
+        "checkpoint": cfg.evaluation.checkpoint,
         "uses_test_data_for_training": method.uses_test_data,
         "metrics": method.results,
         "method_extras": method.record_extras(),

@@ -44,7 +44,7 @@ def test_cifar10_ce_has_the_ldam_recipe() -> None:
     assert (cfg.data.batch_size, cfg.data.eval_batch_size) == (128, 100)
     assert (cfg.data.train_augment, cfg.data.crop_padding) == ("crop_flip", 4)
     assert cfg.trainer.max_epochs == 200
-    assert cfg.seed == 0 and cfg.eval.checkpoint == "last"
+    assert cfg.seed == 0 and cfg.evaluation.checkpoint == "last"
 
 
 def test_ldam_drw_method_options() -> None:

@@ -128,7 +128,7 @@ FLOAT_KEYS = ("optim.lr", "optim.weight_decay", "optim.momentum", "schedule.gamm
 POSITIVE_INT_KEYS = ("trainer.max_epochs", "data.batch_size", "data.eval_batch_size")
 INT_KEYS = ("seed", "schedule.warmup_epochs", "data.crop_padding", *POSITIVE_INT_KEYS)
 SEED_MAX = 2**32 - 1  # numpy / lightning.seed_everything accept seeds in [0, 2**32 - 1]
-SECTIONS = ("data", "optim", "schedule", "eval", "logger", "dataset", "method", "backbone")
+SECTIONS = ("data", "optim", "schedule", "evaluation", "logger", "dataset", "method", "backbone")
 
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 #: learning rates, momenta, weight decays and schedule values are never negative (SGD's own rule)
@@ -371,7 +371,7 @@ def test_composed_optim_values_build_an_sgd_optimizer(key: str, x: float) -> Non
 @st.composite
 def section_mappings(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     """A section and new values for some of its keys (same types as the base values)."""
-    section = draw(st.sampled_from(["optim", "data", "schedule", "eval", "logger", "trainer"]))
+    section = draw(st.sampled_from(["optim", "data", "schedule", "evaluation", "logger", "trainer"]))
     keys = draw(st.lists(st.sampled_from(sorted(base()[section])), min_size=1, unique=True))
     values: dict[str, Any] = {}
     for key in keys:

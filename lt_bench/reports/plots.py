@@ -192,7 +192,7 @@ def figures(groups: list[Group]) -> tuple[dict[str, Figure], list[str]]:
         "test_agnostic": (
             test_agnostic_figure,
             "test-agnostic curve skipped: no run evaluated forward/uniform/backward sets "
-            "(eval.test_agnostic=true)",
+            "(evaluation.test_agnostic=true)",
         ),
     }
     for name, (make, note) in optional.items():
