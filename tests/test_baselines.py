@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from training_steps import assert_loss_drops, learnable_data, sgd_losses
 
 from lt_bench.config import compose
 from lt_bench.methods.baselines import class_balanced_weights, ldam_margins
@@ -219,31 +220,10 @@ def test_ldam_margin_lowers_only_the_true_logit() -> None:
 
 
 # --- a few real training steps -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def learnable_data() -> tuple[torch.Tensor, torch.Tensor]:
-    """64 images of 4 classes: a fixed random template per class plus noise (label = template)."""
-    g = torch.Generator().manual_seed(0)
-    templates = torch.randn(4, 3, 16, 16, generator=g)
-    targets = torch.arange(64) % 4
-    images = templates[targets] + 0.5 * torch.randn(64, 3, 16, 16, generator=g)
-    return images, targets
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BASELINES)
-def test_training_steps_lower_the_loss(name: str, learnable_data) -> None:
-    images, targets = learnable_data
+def test_training_steps_lower_the_loss(name: str) -> None:
+    images, targets = learnable_data()
     method = build(name, [40, 12, 8, 4])
-    optimizer = method.configure_optimizers()["optimizer"]
-    method.train()
-    losses = []
-    for step in range(12):
-        idx = torch.arange(16) + (step % 4) * 16
-        loss = method.compute_loss(method(images[idx]), targets[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert all(math.isfinite(v) for v in losses)
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, losses
+    losses = sgd_losses(method, images, targets)
+    assert_loss_drops(losses)

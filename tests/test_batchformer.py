@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from training_steps import assert_loss_drops, learnable_data, sgd_losses
 
 import lt_bench.methods.batchformer  # noqa: F401  (registers "batchformer")
 from lt_bench.config import compose
@@ -239,24 +240,11 @@ def test_experiments_compose(dataset: str) -> None:
 
 @pytest.mark.slow
 def test_training_steps_lower_the_loss() -> None:
-    g = torch.Generator().manual_seed(0)
-    templates = torch.randn(4, 3, 16, 16, generator=g)
-    targets = torch.arange(64) % 4
-    images = templates[targets] + 0.5 * torch.randn(64, 3, 16, 16, generator=g)
+    images, targets = learnable_data()
     method = build()
-    optimizer = method.configure_optimizers()["optimizer"]
     bt_before = [p.detach().clone() for p in method.batch_former.parameters()]
-    method.train()
-    losses = []
-    for step in range(12):
-        idx = torch.arange(16) + (step % 4) * 16
-        loss = method.compute_loss(method(images[idx]), targets[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert all(math.isfinite(v) for v in losses)
-    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    losses = sgd_losses(method, images, targets)
+    assert_loss_drops(losses)
     assert any(
         not torch.equal(a, b) for a, b in zip(bt_before, method.batch_former.parameters(), strict=True)
     )
