@@ -233,3 +233,52 @@ def test_training_step_builds_two_views_from_raw_batches() -> None:
     assert seen == [(8, 3, 8, 8)] and torch.isfinite(loss) and method.train_images_seen == 4
     with pytest.raises(ConfigError):
         method.training_step((torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])), 0)
+
+
+# --- two views on image-file datasets -----------------------------------------------------------------------
+def test_two_views_of_a_file_image() -> None:
+    from PIL import Image
+
+    from lt_bench.methods.mdcs import TwoViews
+
+    torch.manual_seed(0)
+    image = Image.fromarray(torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8).numpy())
+    views = TwoViews(32, [0.5] * 3, [0.25] * 3, ops=2, magnitude=10)(image)
+    assert views.shape == (2, 3, 32, 32) and views.dtype == torch.float32
+    assert not torch.equal(views[0], views[1])
+
+
+def test_training_step_takes_two_views_from_file_batches() -> None:
+    method = build(COUNTS)
+    seen = []
+    original = method.forward
+    method.forward = lambda x: (seen.append(x.shape), original(x))[1]
+    method.trainer = SimpleNamespace(
+        current_epoch=0, global_step=0, log_every_n_steps=1, num_training_batches=1
+    )
+    method.log = lambda *a, **k: None
+    loss = method.training_step((torch.randn(4, 2, 3, 8, 8), torch.tensor([0, 1, 2, 3])), 0)
+    assert seen == [(8, 3, 8, 8)] and torch.isfinite(loss)
+
+
+def test_data_module_uses_the_methods_file_transform(tmp_path) -> None:
+    """Image-file training batches come as [B, 2, 3, S, S] when the method is MDCS."""
+    from PIL import Image
+
+    from lt_bench.data.base import FileSplit
+
+    for i in range(4):
+        Image.new("RGB", (40, 40), (60 * i, 20, 200)).save(tmp_path / f"{i}.png")
+    split = FileSplit(tmp_path, [f"{i}.png" for i in range(4)], [0, 1, 2, 3])
+    dm = LTDataModule(split, None, {"test": split}, [0.5] * 3, [0.25] * 3, 4, 4, image_size=16)
+    dm.trainer = SimpleNamespace(lightning_module=build(COUNTS), world_size=1, global_rank=0)
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 2, 3, 16, 16) and sorted(targets.tolist()) == [0, 1, 2, 3]
+    test_images, _ = next(iter(dm.test_dataloader()[0]))
+    assert test_images.shape == (4, 3, 16, 16)  # evaluation keeps the standard single view
+
+
+def test_large_dataset_recipes_compose() -> None:
+    for experiment in ("imagenet_lt/mdcs", "inaturalist2018/mdcs", "places_lt/mdcs"):
+        cfg = compose([f"experiment={experiment}"])
+        assert cfg.method.name == "mdcs" and cfg.method.strong_augment == "randaugment"

@@ -95,7 +95,7 @@ class LTDataModule(L.LightningDataModule):
             kwargs: dict[str, Any] = {"collate_fn": _keep_batch}
         else:
             assert isinstance(split, FileSplit)
-            dataset = FileImageDataset(split, file_transforms(train, self.image_size, self.mean, self.std))
+            dataset = FileImageDataset(split, self._file_transform(train))
             kwargs = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
         return DataLoader(
             dataset,
@@ -105,6 +105,12 @@ class LTDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             **kwargs,
         )
+
+    def _file_transform(self, train: bool) -> Any:
+        """The method's own training transform when it has one (e.g. MDCS's two views), else the standard."""
+        method = self.trainer.lightning_module if train and self.trainer is not None else None
+        custom = method.file_train_transform(self.image_size, self.mean, self.std) if method else None
+        return custom or file_transforms(train, self.image_size, self.mean, self.std)
 
     def _sampler(self, dataset: Dataset, train: bool) -> Sampler:
         trainer = self.trainer

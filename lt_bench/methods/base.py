@@ -217,6 +217,11 @@ class BaseMethod(L.LightningModule):
         self-supervised aggregation) adds its results to ``self.results`` under new names and sets
         ``self.uses_test_data`` when it learns from test images. The default does nothing."""
 
+    def file_train_transform(self, size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
+        """Per-image training transform for image-file datasets; ``None``: the standard
+        RandomResizedCrop + flip. Methods that train on several views (MDCS) return their own."""
+        return None
+
     def record_extras(self) -> dict[str, Any]:
         """Method-specific values for the run record (e.g. CAR's final spectral norm)."""
         return {}

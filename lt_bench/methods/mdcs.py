@@ -28,9 +28,8 @@ Deviations from the official code (also in configs/method/mdcs.yaml):
   implementations differ in a few op details (e.g. Posterize/Solarize magnitude bins);
 * the inactive parts of ``MDCSLoss`` (DRW weights, ``additional_diversity_factor``, DINO centre buffers)
   and the unused model heads (``linear_head``, ``linear_few``, ``mlp``) are omitted;
-* two-view training needs uint8 in-memory batches (CIFAR-LT, Fashion-MNIST-LT); the ImageNet-style
-  file pipeline (RRC + ColorJitter weak view, RRC(0.08) + ColorJitter + RandAugment strong view) is not
-  implemented, so mdcs raises a ConfigError on image-file datasets;
+* on image-file datasets (ImageNet-LT, iNat, Places-LT) both views come from ``TwoViews`` in the
+  loader workers; its RandAugment is torchvision's, not timm's ``rand-n2-m10-mstd0.5``;
 * the evaluated model is the last epoch's (the official trainer keeps the best test accuracy).
 """
 
@@ -118,6 +117,34 @@ def mdcs_loss(
 
 
 # --- the method ------------------------------------------------------------------------------------
+class TwoViews:
+    """MDCS's ImageNet-LT views of one PIL image, stacked ``[2, 3, size, size]`` (methods.md §4.2).
+
+    Weak: RandomResizedCrop + flip + ColorJitter(0.4, 0.4, 0.4, 0). Strong: RandomResizedCrop
+    (scale 0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0) + RandAugment(n, m). The official strong view
+    uses timm's ``rand-n2-m10-mstd0.5``; this is torchvision's RandAugment (no magnitude noise).
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], ops: int, magnitude: int):
+        from torchvision import transforms as T
+
+        tail = [T.ToTensor(), T.Normalize(mean, std)]
+        jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.0)
+        self.weak = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), jitter, *tail])
+        self.strong = T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=(0.08, 1.0)),
+                T.RandomHorizontalFlip(),
+                jitter,
+                T.RandAugment(ops, magnitude),
+                *tail,
+            ]
+        )
+
+    def __call__(self, image: Any) -> Tensor:
+        return torch.stack([self.weak(image), self.strong(image)])
+
+
 @register_method(
     "mdcs", paper="Zhao et al., MDCS (More Diverse Experts with Consistency Self-distillation), ICCV 2023"
 )
@@ -182,15 +209,23 @@ class MDCS(MultiExpertMethod):
             temperature=m.temperature,
         )
 
+    def file_train_transform(self, size: int, mean: Sequence[float], std: Sequence[float]) -> TwoViews:
+        """Image-file datasets: both views per image in the loader workers (``[2, 3, size, size]``)."""
+        return TwoViews(
+            size, mean, std, self.method_cfg.randaugment_ops, self.method_cfg.randaugment_magnitude
+        )
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         images, targets = batch
-        if images.dtype != torch.uint8:
+        if images.dtype == torch.uint8:  # in-memory datasets: views built here, on the device
+            views = torch.cat([self.weak_view(images), self.strong_view(images)])
+        elif images.dim() == 5:  # image-file datasets: [B, 2, C, H, W] from TwoViews
+            views = torch.cat([images[:, 0], images[:, 1]])
+        else:
             raise ConfigError(
-                "mdcs builds its weak and strong views from raw uint8 batches (in-memory datasets: "
-                "CIFAR-LT, Fashion-MNIST-LT); the two-view pipeline for image-file datasets is not "
-                "implemented"
+                "mdcs needs raw uint8 batches (in-memory datasets) or two views per image from its "
+                "file_train_transform; got normalised single views"
             )
-        views = torch.cat([self.weak_view(images), self.strong_view(images)])
         terms = self.loss_terms(self(views), torch.cat([targets, targets]))
         loss = terms["loss"]
         self.train_images_seen += images.shape[0]
