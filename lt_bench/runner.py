@@ -143,8 +143,6 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, method: BaseMethod) -> 
         if last.exists():
             last.unlink()
         return None
-    if cfg.resume not in ("auto", True):
-        raise ConfigError(f"resume={cfg.resume!r}; valid: auto, true, false")
     if not last.exists():
         if cfg.resume is True:
             raise ConfigError(f"resume=true but '{last}' does not exist; run without resume=true")
@@ -165,17 +163,14 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, method: BaseMethod) -> 
     return last
 
 
-def run(cfg: DictConfig, quiet: bool = False) -> Path:
+def run(cfg: DictConfig) -> Path:
     """Train and evaluate the run described by ``cfg``; return the path of its record."""
     run_id = cfg.run_id or default_run_id(cfg)
     run_dir = Path(cfg.output_dir) / run_id
     record_path = run_dir / RECORD_FILE
     if record_path.exists():
-        if not quiet:
-            print(f"{run_id}: already complete ({record_path}); delete the folder to run it again")
+        print(f"{run_id}: already complete ({record_path}); delete the folder to run it again")
         return record_path
-    if cfg.evaluation.checkpoint not in ("last", "best_val"):
-        raise ConfigError(f"evaluation.checkpoint={cfg.evaluation.checkpoint!r}; valid: last, best_val")
 
     started = datetime.now(timezone.utc)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
