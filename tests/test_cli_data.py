@@ -156,59 +156,33 @@ def test_pack_round_trip(capsys: pytest.CaptureFixture[str], small_cifar10: Path
     assert from_pack == from_source
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("dataset.imbalance_factor=50", "imbalance_factor=100.0, not 50.0"),
-        ("dataset.subset_seed=1", "subset_seed=0, not 1"),
-    ],
-)
-def test_pack_refused_for_other_settings(
-    capsys: pytest.CaptureFixture[str], small_cifar10: Path, tmp_path: Path, override: str, expected: str
-) -> None:
+@pytest.fixture()
+def cifar10_pack(capsys: pytest.CaptureFixture[str], small_cifar10: Path, tmp_path: Path) -> Path:
+    """A pack of cifar10_lt with the default settings (IF 100, exp profile, subset seed 0)."""
     pack = tmp_path / "c10.npz"
     code, _, err = run_cli(
         capsys, "data", "pack", "dataset=cifar10_lt", f"dataset.root={small_cifar10}", "-o", str(pack)
     )
     assert code == 0, err
+    return pack
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["dataset=cifar10_lt", "dataset.imbalance_factor=50"], "imbalance_factor=100.0, not 50.0"),
+        (["dataset=cifar10_lt", "dataset.subset_seed=1"], "subset_seed=0, not 1"),
+        (["dataset=cifar100_lt"], "name=cifar10_lt, not cifar100_lt"),
+        (["dataset=cifar10_lt", "dataset.profile=step"], "profile"),
+    ],
+)
+def test_pack_refused_for_other_settings(
+    capsys: pytest.CaptureFixture[str], cifar10_pack: Path, overrides: list[str], expected: str
+) -> None:
     line = assert_one_line_error(
-        *run_cli(capsys, "data", "summary", "dataset=cifar10_lt", f"dataset.root={pack}", override)
+        *run_cli(capsys, "data", "summary", *overrides, f"dataset.root={cifar10_pack}")
     )
     assert expected in line and "pack the dataset again" in line
-
-
-def test_pack_refused_for_other_dataset(
-    capsys: pytest.CaptureFixture[str], small_cifar10: Path, tmp_path: Path
-) -> None:
-    pack = tmp_path / "c10.npz"
-    assert (
-        run_cli(
-            capsys, "data", "pack", "dataset=cifar10_lt", f"dataset.root={small_cifar10}", "-o", str(pack)
-        )[0]
-        == 0
-    )
-    line = assert_one_line_error(
-        *run_cli(capsys, "data", "summary", "dataset=cifar100_lt", f"dataset.root={pack}")
-    )
-    assert "name=cifar10_lt, not cifar100_lt" in line
-
-
-def test_pack_refused_for_other_profile(
-    capsys: pytest.CaptureFixture[str], small_cifar10: Path, tmp_path: Path
-) -> None:
-    pack = tmp_path / "c10.npz"
-    assert (
-        run_cli(
-            capsys, "data", "pack", "dataset=cifar10_lt", f"dataset.root={small_cifar10}", "-o", str(pack)
-        )[0]
-        == 0
-    )
-    line = assert_one_line_error(
-        *run_cli(
-            capsys, "data", "summary", "dataset=cifar10_lt", f"dataset.root={pack}", "dataset.profile=step"
-        )
-    )
-    assert "profile" in line
 
 
 # --- bad input: exit 2, one line on stderr, no traceback ---------------------------------------------
