@@ -201,6 +201,7 @@ def run(cfg: DictConfig) -> Path:
         in_channels=in_channels(dataset.train),
         eval_names=list(test_sets),
     )
+    method.train_split = dataset.train
     trainer = _trainer(cfg, run_dir, validate_during_fit=dataset.val is not None)
 
     resume_from = checkpoint_to_resume(cfg, run_dir, method)

@@ -272,8 +272,9 @@ def test_data_module_uses_the_methods_file_transform(tmp_path) -> None:
     split = FileSplit(tmp_path, [f"{i}.png" for i in range(4)], [0, 1, 2, 3])
     dm = LTDataModule(split, None, {"test": split}, [0.5] * 3, [0.25] * 3, 4, 4, image_size=16)
     dm.trainer = SimpleNamespace(lightning_module=build(COUNTS), world_size=1, global_rank=0)
-    images, targets = next(iter(dm.train_dataloader()))
+    images, targets, indices = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 2, 3, 16, 16) and sorted(targets.tolist()) == [0, 1, 2, 3]
+    assert targets.tolist() == [split.targets[i] for i in indices.tolist()]
     test_images, _ = next(iter(dm.test_dataloader()[0]))
     assert test_images.shape == (4, 3, 16, 16)  # evaluation keeps the standard single view
 

@@ -22,21 +22,35 @@ from lt_bench.data.images import FileImageDataset
 
 
 class ArrayDataset(Dataset):
-    """Index access to an ``ArraySplit``; ``__getitems__`` fetches a whole batch in one slice."""
+    """Index access to an ``ArraySplit``; ``__getitems__`` fetches a whole batch in one slice.
 
-    def __init__(self, split: ArraySplit) -> None:
+    With ``with_indices`` a batch also carries the sample indices (training batches do: methods
+    that keep per-sample state, e.g. SBCL's subclass labels, read them).
+    """
+
+    def __init__(self, split: ArraySplit, with_indices: bool = False) -> None:
         self.images = torch.from_numpy(split.images)
         self.targets = torch.from_numpy(split.targets)
+        self.with_indices = with_indices
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.targets[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        item = (self.images[index], self.targets[index])
+        return (*item, torch.as_tensor(index)) if self.with_indices else item
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         idx = torch.as_tensor(indices)
-        return self.images[idx], self.targets[idx]
+        batch = (self.images[idx], self.targets[idx])
+        return (*batch, idx) if self.with_indices else batch
+
+
+class IndexedFiles(FileImageDataset):
+    """A ``FileImageDataset`` whose items are ``(image, label, index)``."""
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        return (*super().__getitem__(index), index)
 
 
 def _keep_batch(batch: Any) -> Any:
@@ -91,11 +105,12 @@ class LTDataModule(L.LightningDataModule):
 
     def _loader(self, split: Split, train: bool) -> DataLoader:
         if isinstance(split, ArraySplit):
-            dataset: Dataset = ArrayDataset(split)
+            dataset: Dataset = ArrayDataset(split, with_indices=train)
             kwargs: dict[str, Any] = {"collate_fn": _keep_batch}
         else:
             assert isinstance(split, FileSplit)
-            dataset = FileImageDataset(split, self._file_transform(train))
+            files = IndexedFiles if train else FileImageDataset
+            dataset = files(split, self._file_transform(train))
             kwargs = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
         return DataLoader(
             dataset,
@@ -131,11 +146,11 @@ class LTDataModule(L.LightningDataModule):
         return [self._loader(split, train=False) for split in self.test_sets.values()]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, targets = batch
+        images, *rest = batch  # training batches: (images, targets, indices); evaluation: (images, targets)
         if images.dtype != torch.uint8:
-            return images, targets
+            return batch
         if self.trainer is not None and self.trainer.training:
             if getattr(self.trainer.lightning_module, "raw_train_batches", False):
-                return images, targets  # the method builds its own views (e.g. MDCS)
-            return self.augment(images), targets
-        return to_normalized_nchw(images, self.mean, self.std), targets
+                return batch  # the method builds its own views (e.g. MDCS)
+            return (self.augment(images), *rest)
+        return (to_normalized_nchw(images, self.mean, self.std), *rest)

@@ -9,7 +9,7 @@ extra stage). ``forward`` returns one output structure for every method: ``logit
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import lightning as L
@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from lt_bench.data.base import Split
 from lt_bench.errors import ConfigError, NonFiniteLossError
 from lt_bench.metrics import LTMetrics
 from lt_bench.models import make_classifier
@@ -25,6 +26,17 @@ from lt_bench.registry import BACKBONES
 from lt_bench.schedules import lr_factor
 
 Outputs = dict[str, Tensor]
+
+
+def reseed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of torch, NumPy and ``random`` for one epoch of one process."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank) % 2**32
 
 
 class BaseMethod(L.LightningModule):
@@ -37,6 +49,13 @@ class BaseMethod(L.LightningModule):
     default_config: dict[str, Any] = {}
     #: set by a test-time procedure that learns from (unlabeled) test images, e.g. SADE's
     uses_test_data: bool = False
+    #: in-memory datasets hand training batches over as raw uint8 ``[B, H, W, C]`` and the method
+    #: builds its own views in ``train_views`` (e.g. MDCS's weak/strong pair)
+    raw_train_batches: bool = False
+    #: ``train_views`` may run inside a CUDA graph (no host sync, no data-dependent shapes)
+    views_capturable: bool = False
+    #: ``training_loss`` (forward + loss) may run inside a CUDA graph; else the fast engine runs it eagerly
+    graph_capturable: bool = True
 
     def __init__(
         self,
@@ -61,6 +80,12 @@ class BaseMethod(L.LightningModule):
         #: extra table rows of this run: name suffix -> results key (e.g. {"tta": "test_sade_tta"})
         self.result_variants: dict[str, str] = {}
         self.train_images_seen = 0
+        #: the training epoch when the fast engine (lt_bench/engine) drives training, else None
+        self.engine_epoch: int | None = None
+        #: training-set indices of the current training batch (per-sample state, e.g. SBCL)
+        self.batch_indices: Tensor | None = None
+        #: the training split, set by the runner before fitting (e.g. for SBCL's clustering)
+        self.train_split: Split | None = None
 
     # --- model -------------------------------------------------------------------------------
     @property
@@ -95,25 +120,51 @@ class BaseMethod(L.LightningModule):
         return {"logits": self.classifier(features), "features": features}
 
     # --- training ----------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The training epoch (0-indexed) under either engine; methods read this, not ``current_epoch``."""
+        return self.engine_epoch if self.engine_epoch is not None else self.current_epoch
+
     def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
+
+    def train_views(self, images: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
+        """Inputs of ``training_loss`` built from a raw batch (only with ``raw_train_batches``)."""
+        raise NotImplementedError(f"{type(self).__name__} sets raw_train_batches but has no train_views")
+
+    def training_loss(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of one training batch and extra terms to log (epoch means): ``compute_loss(forward)``.
+
+        Both engines call this; under the fast engine on a GPU it runs inside a CUDA graph when
+        ``graph_capturable``, so it must not read tensors back to the host.
+        """
+        return self.compute_loss(self(images), targets), {}
+
+    def step_variant(self) -> Hashable:
+        """Host-side state that changes what ``training_loss`` computes (e.g. DRW on or off).
+
+        The fast engine captures one CUDA graph per distinct value and re-captures when it changes;
+        a loss that changes every epoch returns the epoch.
+        """
+        return None
 
     def on_train_epoch_start(self) -> None:
         """Reseed torch, NumPy and ``random`` from (seed, epoch, rank): augmentation and dropout of
         an epoch then do not depend on what ran before it, so a run resumed at an epoch boundary
         repeats the uninterrupted run (data order is seeded by the sampler the same way)."""
-        seed = (int(self.cfg.seed) * 1_000_003 + self.current_epoch * 7_919 + self.global_rank) % 2**32
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        reseed(epoch_seed(int(self.cfg.seed), self.epoch, self.global_rank))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        images, targets = batch
-        loss = self.compute_loss(self(images), targets)
-        self.train_images_seen += images.shape[0]
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | None:
+        images, targets, *indices = batch
+        self.batch_indices = indices[0] if indices else None
+        inputs = self.train_views(images, targets) if self.raw_train_batches else (images, targets)
+        loss, terms = self.training_loss(*inputs)
+        self.train_images_seen += targets.shape[0]
         if not self._loss_is_usable(loss, batch_idx):
             return None  # Lightning skips the optimizer step
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
         return loss
 
     def _loss_is_usable(self, loss: Tensor, batch_idx: int) -> bool:
@@ -144,7 +195,7 @@ class BaseMethod(L.LightningModule):
         if step >= 0:
             raise NonFiniteLossError(
                 f"method '{self.cfg.method.name}' produced a non-finite loss at training step {step} "
-                f"(epoch {self.current_epoch}); lower optim.lr, check the data, or set "
+                f"(epoch {self.epoch}); lower optim.lr, check the data, or set "
                 "train.nonfinite_loss=skip to skip such steps"
             )
 

@@ -72,5 +72,11 @@ class LDAMDRW(BaseMethod):
         logits = outputs["logits"]
         margin = self.method_cfg.s * self.margins[targets]
         adjusted = logits - F.one_hot(targets, self.num_classes) * margin.unsqueeze(1)
-        weight = self.drw_weights if self.current_epoch >= self.method_cfg.drw_epoch else None
+        weight = self.drw_weights if self.drw_active() else None
         return F.cross_entropy(adjusted, targets, weight=weight)
+
+    def drw_active(self) -> bool:
+        return self.epoch >= self.method_cfg.drw_epoch
+
+    def step_variant(self) -> bool:
+        return self.drw_active()

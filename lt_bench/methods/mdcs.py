@@ -156,7 +156,6 @@ class MDCS(MultiExpertMethod):
     ``autoaugment_fill``, ``randaugment_ops``, ``randaugment_magnitude``.
     """
 
-    #: LTDataModule hands training batches over as raw uint8 ``[B, H, W, C]``
     raw_train_batches = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -203,7 +202,7 @@ class MDCS(MultiExpertMethod):
             targets,
             self.class_counts,
             m.lambdas,
-            self.current_epoch + 1,  # the official trainer counts epochs from 1
+            self.epoch + 1,  # the official trainer counts epochs from 1
             cs_weight_max=m.cs_weight,
             cs_warmup=m.cs_warmup,
             temperature=m.temperature,
@@ -215,8 +214,8 @@ class MDCS(MultiExpertMethod):
             size, mean, std, self.method_cfg.randaugment_ops, self.method_cfg.randaugment_magnitude
         )
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        images, targets = batch
+    def train_views(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``cat([weak, strong])`` and the duplicated labels ``[2B]``."""
         if images.dtype == torch.uint8:  # in-memory datasets: views built here, on the device
             views = torch.cat([self.weak_view(images), self.strong_view(images)])
         elif images.dim() == 5:  # image-file datasets: [B, 2, C, H, W] from TwoViews
@@ -226,12 +225,12 @@ class MDCS(MultiExpertMethod):
                 "mdcs needs raw uint8 batches (in-memory datasets) or two views per image from its "
                 "file_train_transform; got normalised single views"
             )
-        terms = self.loss_terms(self(views), torch.cat([targets, targets]))
-        loss = terms["loss"]
-        self.train_images_seen += images.shape[0]
-        if not self._loss_is_usable(loss, batch_idx):
-            return None
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log("train/dl", terms["dl"].sum().detach(), on_step=False, on_epoch=True)
-        self.log("train/cs", terms["cs"].sum().detach(), on_step=False, on_epoch=True)
-        return loss
+        return views, torch.cat([targets, targets])
+
+    def training_loss(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        terms = self.loss_terms(self(images), targets)
+        return terms["loss"], {"dl": terms["dl"].sum().detach(), "cs": terms["cs"].sum().detach()}
+
+    def step_variant(self) -> int:
+        """The consistency weight ramps up over ``cs_warmup`` epochs, then stays."""
+        return min(self.epoch + 1, self.method_cfg.cs_warmup)

@@ -295,7 +295,7 @@ class TLC(MultiExpertMethod):
 
     def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
         m = self.method_cfg
-        epoch = self.current_epoch + 1  # the official trainer counts epochs from 1
+        epoch = self.epoch + 1  # the official trainer counts epochs from 1
         drw = epoch > m.reweight_epoch
         target = outputs["batch_output"] if m.diversity_target == "batch" else outputs["logits"]
         losses = tlc_expert_losses(
@@ -311,6 +311,10 @@ class TLC(MultiExpertMethod):
             tau=m.tau,
         )
         return losses.sum()
+
+    def step_variant(self) -> int:
+        """The KL coefficient grows every epoch."""
+        return self.epoch
 
     # --- evaluation: per-sample uncertainty and its quality ------------------------------------
     def on_test_epoch_start(self) -> None:
