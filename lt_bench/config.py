@@ -279,6 +279,8 @@ def _validate_choices(cfg: DictConfig) -> None:
         "optim.name": ("sgd",),
         "data.train_augment": AUGMENTATIONS,
         "train.nonfinite_loss": ("error", "skip"),
+        "train.engine": ("auto", "fast", "lightning"),
+        "train.cuda_graphs": (True, False),
     }
     for key, valid in choices.items():
         value = OmegaConf.select(cfg, key)

@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from lt_bench.data.base import ArraySplit, LTDataset, Split
 from lt_bench.data.module import LTDataModule
 from lt_bench.data.splits import test_agnostic_sets
+from lt_bench.engine.choice import choose_engine, fast_engine_device
+from lt_bench.engine.fast import FastEngine
 from lt_bench.errors import ConfigError, NonFiniteLossError
 from lt_bench.methods.base import BaseMethod
 from lt_bench.registry import DATASETS, METHODS
@@ -116,9 +118,12 @@ def check_finite(results: dict[str, dict[str, Any]]) -> None:
             )
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool) -> L.Trainer:
-    """Lightning Trainer from ``cfg.trainer``; validation every ``evaluation.val_every_n_epochs``."""
+def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool, reload_loaders: bool) -> L.Trainer:
+    """Lightning Trainer from ``cfg.trainer``; validation every ``evaluation.val_every_n_epochs``;
+    ``reload_loaders``: a new training loader every epoch (methods whose batch size changes)."""
     kwargs = OmegaConf.to_container(cfg.trainer)
+    if reload_loaders:
+        kwargs.setdefault("reload_dataloaders_every_n_epochs", 1)
     every = cfg.evaluation.val_every_n_epochs
     if not (validate_during_fit and every > 0):
         every = cfg.trainer.max_epochs + 1  # never during fit; trainer.validate runs after it
@@ -133,10 +138,10 @@ def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool) -> L.Tra
     )
 
 
-def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, method: BaseMethod) -> Path | None:
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, method: BaseMethod, engine: str) -> Path | None:
     """``<run>/checkpoints/last.ckpt`` when the run should continue from it (``resume``: auto/true/false).
 
-    The checkpoint must come from the same method and class count; ``resume=false`` starts over.
+    The checkpoint must come from the same method, class count and engine; ``resume=false`` starts over.
     """
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.resume is False:
@@ -148,7 +153,8 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, method: BaseMethod) -> 
             raise ConfigError(f"resume=true but '{last}' does not exist; run without resume=true")
         return None
     try:
-        saved = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]
+        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+        saved = checkpoint["hyper_parameters"]
     except Exception as exc:
         raise ConfigError(
             f"checkpoint '{last}' is unreadable ({type(exc).__name__}); delete it or add resume=false"
@@ -158,6 +164,12 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, method: BaseMethod) -> 
         raise ConfigError(
             f"checkpoint '{last}' is from method '{saved_method}' with {saved_classes} classes, not "
             f"'{cfg.method.name}' with {method.num_classes}; use another output_dir or add resume=false"
+        )
+    saved_engine = checkpoint.get("engine", "lightning")
+    if saved_engine != engine:
+        raise ConfigError(
+            f"checkpoint '{last}' was written by the {saved_engine} engine; resume it with "
+            f"train.engine={saved_engine}, or add resume=false to start over"
         )
     print(f"{run_dir.name}: resuming from {last}", flush=True)
     return last
@@ -202,13 +214,33 @@ def run(cfg: DictConfig) -> Path:
         eval_names=list(test_sets),
     )
     method.train_split = dataset.train
-    trainer = _trainer(cfg, run_dir, validate_during_fit=dataset.val is not None)
+    engine = choose_engine(cfg, dataset.train)
+    trainer = _trainer(
+        cfg,
+        run_dir,
+        validate_during_fit=dataset.val is not None and engine == "lightning",
+        reload_loaders=method.varies_batch_size(),
+    )
 
-    resume_from = checkpoint_to_resume(cfg, run_dir, method)
+    resume_from = checkpoint_to_resume(cfg, run_dir, method, engine)
     t0 = time.perf_counter()
-    trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
+    step_mode = "lightning"
+    if engine == "fast":
+        fast = FastEngine(
+            method,
+            dataset.train,
+            datamodule.augment,
+            cfg,
+            fast_engine_device(cfg),
+            run_dir,
+            use_graphs=None if cfg.train.cuda_graphs else False,
+        )
+        summary = fast.fit(resume_from)
+        step_mode, epochs_done = summary.step_mode, summary.epochs
+    else:
+        trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
+        epochs_done = trainer.current_epoch
     train_seconds = time.perf_counter() - t0
-    epochs_done = trainer.current_epoch
 
     ckpt = "best" if cfg.evaluation.checkpoint == "best_val" else None
     t1 = time.perf_counter()
@@ -255,6 +287,8 @@ def run(cfg: DictConfig) -> Path:
             "command": " ".join(sys.argv),
         },
         "timing": {
+            "engine": engine,
+            "step_mode": step_mode,
             "epochs": epochs_done,
             "resumed_from": str(resume_from) if resume_from else None,
             "skipped_nonfinite_steps": method.skipped_steps,

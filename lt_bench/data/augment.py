@@ -69,11 +69,26 @@ def random_rotation(images: torch.Tensor, degrees: float) -> torch.Tensor:
     return rotated.permute(0, 2, 3, 1).to(images.dtype)
 
 
+_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _channel_stats(
+    mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """``mean`` and ``std`` as ``[1, C, 1, 1]`` tensors on ``device``, made once (a CUDA graph
+    capturing the normalisation must not copy them from the host)."""
+    key = (tuple(mean), tuple(std), str(device))
+    if key not in _STATS:
+        _STATS[key] = tuple(
+            torch.as_tensor(v, dtype=torch.float, device=device).view(1, -1, 1, 1) for v in (mean, std)
+        )
+    return _STATS[key]
+
+
 def to_normalized_nchw(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 ``[B, H, W, C]`` -> float ``[B, C, H, W]``, ``(x / 255 - mean) / std``."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    mean_t, std_t = _channel_stats(mean, std, x.device)
     return (x - mean_t) / std_t
 
 

@@ -53,6 +53,24 @@ class IndexedFiles(FileImageDataset):
         return (*super().__getitem__(index), index)
 
 
+class EpochSeededSampler(DistributedSampler):
+    """torch's ``DistributedSampler`` whose ``set_epoch`` also reseeds ``generator`` from (seed, epoch).
+
+    The training DataLoader takes ``generator`` for its workers' base seed, so the loader draws nothing
+    from the global generator (augmentation and dropout streams stay the engine-independent ones of
+    ``BaseMethod.on_train_epoch_start``) and an epoch's worker seeds do not depend on earlier epochs.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas, rank, shuffle=True, seed=seed)
+        self.generator = torch.Generator()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+
 def _keep_batch(batch: Any) -> Any:
     return batch
 
@@ -112,14 +130,21 @@ class LTDataModule(L.LightningDataModule):
             files = IndexedFiles if train else FileImageDataset
             dataset = files(split, self._file_transform(train))
             kwargs = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        sampler = self._sampler(dataset, train)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=self._sampler(dataset, train),
+            batch_size=self._train_batch_size() if train else self.eval_batch_size,
+            sampler=sampler,
+            generator=getattr(sampler, "generator", None),
             drop_last=False,
             pin_memory=torch.cuda.is_available(),
             **kwargs,
         )
+
+    def _train_batch_size(self) -> int:
+        """``data.batch_size``, or the method's batch size for this epoch (``train_batch_size``)."""
+        method = self.trainer.lightning_module if self.trainer is not None else None
+        return method.train_batch_size(self.batch_size) if method is not None else self.batch_size
 
     def _file_transform(self, train: bool) -> Any:
         """The method's own training transform when it has one (e.g. MDCS's two views), else the standard."""
@@ -131,7 +156,7 @@ class LTDataModule(L.LightningDataModule):
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if train:
-            return DistributedSampler(dataset, replicas, rank, shuffle=True, seed=self.seed)
+            return EpochSeededSampler(dataset, replicas, rank, seed=self.seed)
         if replicas > 1:
             return UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False)
         return torch.utils.data.SequentialSampler(dataset)

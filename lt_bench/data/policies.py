@@ -321,9 +321,10 @@ def cutout(images: torch.Tensor, size: int = 16, fill: Fill = None) -> torch.Ten
     rows = torch.arange(h, device=images.device).view(1, h, 1)
     cols = torch.arange(w, device=images.device).view(1, 1, w)
     hole = (rows >= cy - half) & (rows < cy + half) & (cols >= cx - half) & (cols < cx + half)
-    value = (
-        torch.as_tensor(0 if fill is None else fill, device=images.device).round().to(images.dtype).expand(c)
-    )
+    if fill is None or not isinstance(fill, Sequence):  # a fill kernel, no host-to-device copy
+        value = torch.full((c,), round(float(fill or 0)), dtype=images.dtype, device=images.device)
+    else:
+        value = torch.as_tensor(fill, device=images.device).round().to(images.dtype)
     return torch.where(hole.unsqueeze(-1), value, images)
 
 

@@ -140,6 +140,17 @@ class BaseMethod(L.LightningModule):
         """
         return self.compute_loss(self(images), targets), {}
 
+    def train_batch_size(self, default: int) -> int:
+        """Training batch size of the current epoch (``self.epoch``); ``default`` is ``data.batch_size``.
+
+        A method whose stages use different batch sizes (SBCL) overrides this; both engines honour it.
+        """
+        return default
+
+    @classmethod
+    def varies_batch_size(cls) -> bool:
+        return cls.train_batch_size is not BaseMethod.train_batch_size
+
     def step_variant(self) -> Hashable:
         """Host-side state that changes what ``training_loss`` computes (e.g. DRW on or off).
 

@@ -223,16 +223,24 @@ class CAR(BaseMethod):
             )
         self.car = CARRegularizer.from_config(self.class_counts, self.method_cfg)
 
-    def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
+    @property
+    def graph_capturable(self) -> bool:  # type: ignore[override]
+        """``torch.linalg.svd`` copies to the host (no CUDA graph); power iteration does not."""
+        return self.car.spectral != "svd"
+
+    def loss_terms(self, outputs: Outputs, targets: Tensor) -> dict[str, Tensor]:
         logits = outputs["logits"]
         base = F.cross_entropy(logits, targets, label_smoothing=self.method_cfg.label_smoothing)
         penalty, sigma = self.car(logits, targets)
-        self.log_dict(
-            {"train/ce": base, "train/car_penalty": penalty, "train/car_sigma": sigma},
-            on_step=True,
-            on_epoch=True,
-        )
-        return base + penalty
+        return {"ce": base, "car_penalty": penalty, "car_sigma": sigma}
+
+    def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
+        terms = self.loss_terms(outputs, targets)
+        return terms["ce"] + terms["car_penalty"]
+
+    def training_loss(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        terms = self.loss_terms(self(images), targets)
+        return terms["ce"] + terms["car_penalty"], {k: v.detach() for k, v in terms.items()}
 
     def final_spectral_norm(self) -> float:
         """``sigma_max(Cbar_t @ diag(w))`` of the EMA confusion as it stands now."""

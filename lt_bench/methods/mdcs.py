@@ -57,8 +57,7 @@ STRONG_AUGMENTS = ("autoaugment_cutout", "randaugment")
 # --- losses ----------------------------------------------------------------------------------------
 def adjusted_logits(expert_logits: Tensor, class_counts: Tensor, lambdas: Sequence[float]) -> Tensor:
     """``ẑ_k = z_k + log(n^λ_k + 1e-9)`` for expert logits ``[E, B, C]`` and raw counts ``n`` ``[C]``."""
-    lam = torch.as_tensor(list(lambdas), dtype=class_counts.dtype, device=class_counts.device)
-    shift = torch.log(class_counts.unsqueeze(0) ** lam.unsqueeze(1) + PRIOR_EPS)  # [E, C]
+    shift = torch.stack([torch.log(class_counts**lam + PRIOR_EPS) for lam in lambdas])  # [E, C], no host copy
     return expert_logits + shift.unsqueeze(1).to(expert_logits.dtype)
 
 

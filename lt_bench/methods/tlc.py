@@ -59,6 +59,7 @@ few- or medium-shot class, negative = many-shot; on CIFAR-10-LT only medium exis
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,10 +153,9 @@ def aggregate_experts(expert_logits: Tensor, weights: Tensor, eta: float, mode: 
 def evidential_kl(alpha_hat: Tensor) -> Tensor:
     """``KL(Dir(α̂) ‖ Dir(1))`` per row of ``α̂`` ``[B, C]``."""
     total = alpha_hat.sum(dim=-1, keepdim=True)
-    num_classes = torch.tensor(float(alpha_hat.shape[-1]), dtype=alpha_hat.dtype, device=alpha_hat.device)
     return (
         torch.lgamma(total.squeeze(-1))
-        - torch.lgamma(num_classes)
+        - math.lgamma(alpha_hat.shape[-1])
         - torch.lgamma(alpha_hat).sum(dim=-1)
         + ((alpha_hat - 1) * (torch.digamma(alpha_hat) - torch.digamma(total))).sum(dim=-1)
     )

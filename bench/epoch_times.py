@@ -1,0 +1,117 @@
+"""Seconds per training epoch of each method under the fast engine, one process alone on the device.
+
+For each ``cifar10_lt/<method>`` experiment: build the method, train ``--epochs`` epochs with the fast
+engine (the first epoch holds the eager warm-up steps and the CUDA-graph captures) and report the
+median of the later epochs, training images per second, peak device memory and the step mode.
+The ratio column compares with issue 6's references for the official code on one H200 (LDAM-DRW's
+``cifar_train.py`` 1.1 s per epoch; SADE's ``train.py`` 3.0 s per epoch on CIFAR-100-LT IF 100).
+
+    python bench/epoch_times.py --root DATA_OR_PACK [--epochs 4] [--methods ce,sade] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lt_bench.config import compose
+from lt_bench.data.augment import BatchAugment
+from lt_bench.engine.choice import fast_engine_device
+from lt_bench.engine.fast import FastEngine
+from lt_bench.registry import METHODS
+from lt_bench.reports.provenance import device_name, git_state
+from lt_bench.runner import build_dataset
+
+METHOD_LIST = (
+    "ce,balanced_softmax,ldam_drw,car,batchformer,sade,tlc,mdcs,concutmix,concutmix_car,sbcl,batchformer_sade"
+)
+#: official implementation, seconds per epoch on one H200 (issue 6)
+REFERENCE_SECONDS = {"ce": 1.1, "balanced_softmax": 1.1, "ldam_drw": 1.1, "sade": 3.0}
+
+
+def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
+    cfg = compose(
+        [f"experiment=cifar10_lt/{name}", f"dataset.root={root}", f"trainer.max_epochs={epochs}", *extra]
+    )
+    dataset = build_dataset(cfg.dataset)
+    counts = dataset.train_counts.tolist()
+    method = METHODS.get(cfg.method.name)(
+        cfg=cfg, train_counts=counts, in_channels=dataset.train.images.shape[-1]
+    )
+    method.train_split = dataset.train
+    augment = BatchAugment(
+        cfg.data.train_augment,
+        cfg.dataset.mean,
+        cfg.dataset.std,
+        cfg.data.crop_padding,
+        cfg.data.rotate_degrees,
+        cfg.data.cutout_size,
+    )
+    device = fast_engine_device(cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as run_dir:
+        engine = FastEngine(method, dataset.train, augment, cfg, device, Path(run_dir))
+        started = time.perf_counter()
+        summary = engine.fit()
+        wall = time.perf_counter() - started
+    steady = statistics.median(summary.epoch_seconds[1:] or summary.epoch_seconds)
+    return {
+        "method": name,
+        "batch_size": int(cfg.data.batch_size),
+        "epochs_timed": epochs,
+        "first_epoch_s": round(summary.epoch_seconds[0], 3),
+        "seconds_per_epoch": round(steady, 4),
+        "images_per_second": round(len(dataset.train) / steady, 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        if device.type == "cuda"
+        else None,
+        "step_mode": summary.step_mode,
+        "wall_s": round(wall, 2),
+        "reference_s": REFERENCE_SECONDS.get(name),
+        "speedup_vs_reference": round(REFERENCE_SECONDS[name] / steady, 2)
+        if name in REFERENCE_SECONDS
+        else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="CIFAR-10 folder or .npz pack (dataset.root)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--methods", default=METHOD_LIST)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.val_per_class=0")
+    args = parser.parse_args()
+    rows = []
+    header = "| method | batch | s/epoch | images/s | first epoch (s) | peak GiB | steps | vs official |"
+    print(header + "\n|---|---:|---:|---:|---:|---:|---|---:|", flush=True)
+    for name in args.methods.split(","):
+        row = time_method(name, args.root, args.epochs, args.overrides)
+        rows.append(row)
+        ratio = f"{row['speedup_vs_reference']}x" if row["speedup_vs_reference"] else "–"
+        print(
+            f"| {name} | {row['batch_size']} | {row['seconds_per_epoch']:.3f} | "
+            f"{row['images_per_second']:,.0f} | {row['first_epoch_s']:.2f} | {row['peak_memory_gib']} | "
+            f"{row['step_mode']} | {ratio} |",
+            flush=True,
+        )
+    meta = {
+        "device": device_name("auto"),
+        "git": git_state(),
+        "torch": torch.__version__,
+        "date": time.strftime("%F"),
+    }
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(json.dumps(meta))
+
+
+if __name__ == "__main__":
+    main()

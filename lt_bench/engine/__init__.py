@@ -1,0 +1,1 @@
+"""Training engines other than Lightning's loop (the GPU-resident fast path)."""

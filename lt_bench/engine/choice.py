@@ -1,0 +1,54 @@
+"""Which engine trains a run (``train.engine``) and on which device."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from lt_bench.data.base import ArraySplit, Split
+from lt_bench.errors import ConfigError
+
+
+def fast_engine_obstacles(cfg: DictConfig, train: Split) -> list[str]:
+    """Why the fast engine cannot run this config (empty when it can), each with its fix."""
+    trainer = cfg.trainer
+    obstacles = []
+    if not isinstance(train, ArraySplit):
+        obstacles.append("the dataset is read from image files (the fast engine needs an in-memory dataset)")
+    if str(trainer.get("devices", 1)) not in ("1", "[0]") or int(trainer.get("num_nodes", 1)) != 1:
+        obstacles.append("trainer.devices/num_nodes ask for several processes (set trainer.devices=1)")
+    if str(trainer.get("precision", "32-true")) not in ("32", "32-true"):
+        obstacles.append(f"trainer.precision={trainer.precision} (the fast engine trains in fp32)")
+    if cfg.evaluation.checkpoint != "last" or cfg.evaluation.val_every_n_epochs:
+        obstacles.append("validation during training (evaluation.checkpoint=last, val_every_n_epochs=0)")
+    if trainer.get("accumulate_grad_batches", 1) != 1 or trainer.get("gradient_clip_val"):
+        obstacles.append("gradient accumulation or clipping (a Lightning feature)")
+    return obstacles
+
+
+def fast_engine_device(cfg: DictConfig) -> torch.device:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if accelerator in ("gpu", "cuda"):
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer.accelerator=cpu"
+        )
+    return torch.device("cpu")
+
+
+def choose_engine(cfg: DictConfig, train: Split) -> str:
+    """``fast`` or ``lightning``: ``auto`` takes fast on a GPU when nothing stands in its way."""
+    wanted = cfg.train.engine
+    if wanted == "lightning":
+        return "lightning"
+    obstacles = fast_engine_obstacles(cfg, train)
+    if wanted == "fast":
+        if obstacles:
+            raise ConfigError(
+                "train.engine=fast cannot run this config: "
+                + "; ".join(obstacles)
+                + "; or use train.engine=lightning"
+            )
+        return "fast"
+    return "fast" if not obstacles and fast_engine_device(cfg).type == "cuda" else "lightning"

@@ -1,0 +1,349 @@
+"""The fast engine: GPU-resident training of in-memory datasets (CIFAR-LT, Fashion-MNIST-LT).
+
+The uint8 training set sits on the device. Each step gathers its batch by index, augments it with
+the batched tensor ops of ``lt_bench.data.augment``, runs ``method.training_loss``, back-propagates
+and applies ``GraphSGD`` — with no host synchronisation, so on a GPU the whole step is captured once
+in a CUDA graph and replayed (one graph per ``method.step_variant()`` value and batch size). Steps
+the method marks as not capturable (``graph_capturable``, ``views_capturable``) run eagerly, and on
+a CPU everything runs eagerly: the same code, so the CPU tests cover it.
+
+Semantics equal the Lightning engine's: the data order of each epoch is torch's
+``DistributedSampler`` permutation (seed + epoch), torch/NumPy/``random`` are reseeded at each epoch
+start (``method.on_train_epoch_start``), the learning rates come from the method's own
+``configure_optimizers`` schedule, the last batch is kept (``drop_last=False``). A checkpoint is
+written after every epoch and an interrupted run resumes from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import warnings
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from lt_bench.data.augment import BatchAugment
+from lt_bench.data.base import ArraySplit
+from lt_bench.engine.sgd import GraphSGD
+from lt_bench.errors import ConfigError, NonFiniteLossError
+from lt_bench.methods.base import BaseMethod
+
+#: augmentations made only of graph-safe tensor ops (no host sync, fixed shapes)
+CAPTURABLE_AUGMENTS = ("none", "crop_flip", "crop_flip_rotate", "crop_flip_cutout")
+#: eager steps before the first capture (cuDNN/cuBLAS initialisation; they are real training steps)
+WARMUP_STEPS = 3
+ENGINE_NAME = "fast"
+
+
+@dataclass
+class FitSummary:
+    epochs: int
+    train_seconds: float
+    train_images: int
+    step_mode: str  # "graph", "graph (eager views)" or "eager"
+    captures: int = 0
+    notes: list[str] = field(default_factory=list)
+    #: wall seconds of each epoch this process ran (its end is synchronised by reading the loss)
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def limited(limit: int | float | None, total: int) -> int:
+    """Lightning's ``limit_*_batches``: an int caps the count, a float is a fraction."""
+    if limit is None:
+        return total
+    if isinstance(limit, float) and limit <= 1.0:
+        return int(total * limit)
+    return min(total, int(limit))
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
+    """The order of ``epoch``: what ``DistributedSampler(shuffle=True, seed=seed)`` yields to one process."""
+    generator = torch.Generator()
+    generator.manual_seed(seed + epoch)
+    return torch.randperm(num_samples, generator=generator)
+
+
+class FastEngine:
+    """Trains ``method`` on ``train`` for ``cfg.trainer.max_epochs`` epochs on ``device``."""
+
+    def __init__(
+        self,
+        method: BaseMethod,
+        train: ArraySplit,
+        augment: BatchAugment,
+        cfg: Any,
+        device: torch.device,
+        run_dir: Path,
+        use_graphs: bool | None = None,
+    ) -> None:
+        self.method, self.augment, self.cfg, self.device = method, augment, cfg, device
+        self.run_dir = Path(run_dir)
+        self.images = torch.from_numpy(train.images).to(device)
+        self.targets = torch.from_numpy(train.targets).long().to(device)
+        self.batch_size = int(cfg.data.batch_size)
+        self.max_epochs = int(cfg.trainer.max_epochs)
+        self.seed = int(cfg.seed)
+        self.skip_nonfinite = cfg.train.nonfinite_loss == "skip"
+        self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
+        self.use_graphs = self.use_graphs and method.graph_capturable and not self.skip_nonfinite
+        self.views_in_graph = (
+            method.views_capturable if method.raw_train_batches else augment.name in CAPTURABLE_AUGMENTS
+        )
+        method.to(device)
+        configured = method.configure_optimizers()
+        self.torch_optimizer = configured["optimizer"]
+        self.scheduler = configured["lr_scheduler"]["scheduler"]
+        self.optimizer = GraphSGD(self.torch_optimizer.param_groups, device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.term_sums: dict[str, Tensor] = {}
+        self.step_count = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.graphs: dict[tuple[Hashable, int], Any] = {}
+        self.variant: Hashable = object()  # step_variant() of the epoch running
+        self.active_terms: set[str] = set()  # loss terms the current variant returns
+        self.log_rows: list[dict[str, Any]] = []
+        self.warmups: dict[tuple[Hashable, int], int] = {}
+        self.static: dict[tuple[Hashable, int], dict[str, Any]] = {}
+        self.start_epoch = 0
+        self.captures = 0
+        self.notes: list[str] = []
+
+    # --- one step ------------------------------------------------------------------------------
+    def _inputs(self, index: Tensor) -> tuple[Tensor, ...]:
+        images, targets = self.images[index], self.targets[index]
+        self.method.batch_indices = index
+        if self.method.raw_train_batches:
+            return self.method.train_views(images, targets)
+        return self.augment(images), targets
+
+    def _loss_and_update(self, inputs: tuple[Tensor, ...]) -> None:
+        """Forward, loss, backward, SGD and the running sums: the captured region.
+
+        ``train.nonfinite_loss=skip`` checks the loss on the host (eager steps only) and skips the update.
+        """
+        loss, terms = self.method.training_loss(*inputs)
+        if self.skip_nonfinite and not bool(torch.isfinite(loss.detach())):
+            self.method.skipped_steps += 1
+            self.step_count += 1
+            return
+        loss.backward()
+        self.optimizer.step()
+        loss = loss.detach()
+        self.step_count += 1
+        bad = ~torch.isfinite(loss)
+        first = torch.where(bad & (self.first_bad_step < 0), self.step_count - 1, self.first_bad_step)
+        self.first_bad_step.copy_(first)
+        self.loss_sum += loss
+        self.active_terms.update(terms)
+        for name, value in terms.items():
+            if name not in self.term_sums:  # first (eager) step: made outside any capture
+                self.term_sums[name] = torch.zeros((), device=self.device)
+            self.term_sums[name] += value.detach().float()
+
+    def _eager_step(self, index: Tensor) -> None:
+        self._zero_grad()
+        self._loss_and_update(self._inputs(index))
+
+    def _zero_grad(self) -> None:
+        for p in self.method.parameters():
+            p.grad = None
+
+    def _capture(self, key: tuple[Hashable, int], index: Tensor) -> Any:
+        """Capture the step for ``key`` (nothing runs yet); ``None`` when it cannot be captured.
+
+        With eager views, the static inputs already hold this batch's views when this returns.
+        """
+        static: dict[str, Any] = {"index": index.clone()}
+        if not self.views_in_graph:
+            static["inputs"] = tuple(t.clone() for t in self._inputs(index))
+        graph = torch.cuda.CUDAGraph()
+        self._zero_grad()
+        try:
+            with torch.cuda.graph(graph):
+                if self.views_in_graph:
+                    inputs = self._inputs(static["index"])
+                else:
+                    self.method.batch_indices = static["index"]
+                    inputs = static["inputs"]
+                self._loss_and_update(inputs)
+        except RuntimeError as err:
+            reason = " ".join(str(err).split())[:200]
+            self.notes.append(f"step not capturable ({reason}); eager from epoch {self.method.epoch}")
+            print(f"lt-bench: note: {self.notes[-1]}", flush=True)
+            self.use_graphs = False
+            self._zero_grad()
+            torch.cuda.synchronize()
+            return None
+        self.captures += 1
+        self.static[key] = static
+        return graph
+
+    def _graph_step(self, index: Tensor, key: tuple[Hashable, int]) -> None:
+        graph, fresh = self.graphs.get(key), False
+        if graph is None:
+            needed = WARMUP_STEPS if self.captures == 0 else 1
+            if (
+                self.warmups.get(key, 0) < needed
+            ):  # real steps, eager, on a side stream (new shapes, new code)
+                self.warmups[key] = self.warmups.get(key, 0) + 1
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    self._eager_step(index)
+                torch.cuda.current_stream().wait_stream(stream)
+                return
+            for old in [k for k in self.graphs if k[0] != key[0]]:  # a new variant: drop the old graphs
+                del self.graphs[old], self.static[old]
+            graph = self._capture(key, index)
+            if graph is None:
+                self._eager_step(index)
+                return
+            self.graphs[key], fresh = graph, True
+        static = self.static[key]
+        static["index"].copy_(index)
+        if not self.views_in_graph and not fresh:
+            for target, source in zip(static["inputs"], self._inputs(index), strict=True):
+                target.copy_(source)
+        graph.replay()
+
+    # --- epochs --------------------------------------------------------------------------------
+    def fit(self, resume_from: Path | None = None) -> FitSummary:
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        num_samples = len(self.targets)
+        seen_before = self.method.train_images_seen
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        started = time.perf_counter()
+        epoch_seconds = []
+        for epoch in range(self.start_epoch, self.max_epochs):
+            epoch_start = time.perf_counter()
+            self.method.engine_epoch = epoch
+            self.method.train()
+            self.method.on_train_epoch_start()
+            self.optimizer.set_lrs([group["lr"] for group in self.torch_optimizer.param_groups])
+            order = epoch_permutation(num_samples, self.seed, epoch).to(self.device)
+            variant = self.method.step_variant()
+            if variant != self.variant:
+                self.variant, self.active_terms = variant, set()
+            batch_size = self.method.train_batch_size(self.batch_size)
+            batches = limited(self.cfg.trainer.get("limit_train_batches"), -(-num_samples // batch_size))
+            self.loss_sum.zero_()
+            for value in self.term_sums.values():
+                value.zero_()
+            skipped_before = self.method.skipped_steps
+            for b in range(batches):
+                index = order[b * batch_size : (b + 1) * batch_size]
+                if self.use_graphs:
+                    self._graph_step(index, (variant, len(index)))
+                else:
+                    self._eager_step(index)
+                self.method.train_images_seen += len(index)
+            with warnings.catch_warnings():  # torch warns because its own optimizer never stepped
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+            self._end_epoch(epoch, batches - (self.method.skipped_steps - skipped_before))
+            epoch_seconds.append(time.perf_counter() - epoch_start)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.method.engine_epoch = self.max_epochs - 1 if self.max_epochs > 0 else 0
+        mode = "eager"
+        if self.use_graphs:
+            mode = "graph" if self.views_in_graph else "graph (eager views)"
+        return FitSummary(
+            epochs=self.max_epochs,
+            train_seconds=time.perf_counter() - started,
+            train_images=self.method.train_images_seen - seen_before,
+            step_mode=mode,
+            captures=self.captures,
+            notes=self.notes,
+            epoch_seconds=epoch_seconds,
+        )
+
+    def _end_epoch(self, epoch: int, applied_steps: int) -> None:
+        """Check the loss (one host sync per epoch), log the epoch, write the checkpoint."""
+        bad = int(self.first_bad_step)
+        if bad >= 0:
+            raise NonFiniteLossError(
+                f"method '{self.cfg.method.name}' produced a non-finite loss at training step {bad} "
+                f"(epoch {epoch}); lower optim.lr, check the data, or set train.nonfinite_loss=skip "
+                "to skip such steps"
+            )
+        done = max(applied_steps, 1)
+        lrs = self.optimizer.lrs()
+        row = {"epoch": epoch, "step": int(self.step_count), "lr": lrs[0]}
+        row.update({f"lr_group{k}": lr for k, lr in enumerate(lrs[1:], start=1)})
+        row["train/loss_epoch"] = float(self.loss_sum) / done
+        row.update({f"train/{k}_epoch": float(self.term_sums[k]) / done for k in sorted(self.active_terms)})
+        self._log(row)
+        self.save_checkpoint(epoch + 1)
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "train_log.csv"
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """Append ``row`` to ``train_log.csv``, rewritten whole so that columns may appear later
+        (loss terms of a later stage); a resumed run keeps the rows of the epochs it had done."""
+        if not self.cfg.logger.csv:
+            return
+        if not self.log_rows and self.log_path.exists():
+            with self.log_path.open(newline="") as f:
+                self.log_rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
+        self.log_rows.append(row)
+        columns = list(dict.fromkeys(key for r in self.log_rows for key in r))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.log_path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.log_rows)
+        tmp.replace(self.log_path)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+    def save_checkpoint(self, next_epoch: int) -> None:
+        """Atomically write what a resumed run needs: weights, buffers, momentum, schedule, counters."""
+        state = {
+            "engine": ENGINE_NAME,
+            "hyper_parameters": {
+                "cfg": OmegaConf.to_container(self.method.cfg),
+                "train_counts": self.method.class_counts.long().tolist(),
+            },
+            "state_dict": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "next_epoch": next_epoch,
+            "step_count": int(self.step_count),
+            "skipped_steps": self.method.skipped_steps,
+        }
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("engine") != ENGINE_NAME:
+            raise ConfigError(
+                f"checkpoint '{path}' was written by the Lightning engine; resume it with "
+                "train.engine=lightning, or add resume=false to start over"
+            )
+        self.method.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for group, lr in zip(self.torch_optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+        self.start_epoch = int(state["next_epoch"])
+        self.step_count.fill_(int(state["step_count"]))
+        self.method.skipped_steps = int(state["skipped_steps"])

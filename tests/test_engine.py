@@ -1,0 +1,211 @@
+"""The fast engine (lt_bench/engine): its SGD, data order, equality with the Lightning engine on a
+CPU, engine choice, and (on a GPU only) CUDA-graph steps against eager steps."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fmnist_runs import cli, record_metrics, require_fashion_mnist, small_run
+from torch.utils.data import DistributedSampler
+
+from lt_bench.cli import main
+from lt_bench.config import compose
+from lt_bench.data.augment import BatchAugment
+from lt_bench.data.base import ArraySplit, FileSplit
+from lt_bench.engine.choice import choose_engine
+from lt_bench.engine.fast import FastEngine, epoch_permutation, limited
+from lt_bench.engine.sgd import GraphSGD
+from lt_bench.registry import METHODS
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def test_graph_sgd_equals_torch_sgd() -> None:
+    """Two groups (plain and Nesterov, different lr), weight decay, and a parameter without a gradient."""
+    torch.manual_seed(0)
+    ours = [torch.randn(5, 3, requires_grad=True) for _ in range(4)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    options = {"momentum": 0.9, "weight_decay": 5e-4}
+    torch_sgd = torch.optim.SGD(
+        [{"params": theirs[:2], "lr": 0.1}, {"params": theirs[2:], "lr": 0.01, "nesterov": True}], **options
+    )
+    graph_sgd = GraphSGD(
+        [
+            {"params": ours[:2], "lr": 0.1, "nesterov": False, **options},
+            {"params": ours[2:], "lr": 0.01, "nesterov": True, **options},
+        ],
+        torch.device("cpu"),
+    )
+    for step in range(5):
+        if step == 3:
+            graph_sgd.set_lrs([0.05, 0.005])
+            for group, lr in zip(torch_sgd.param_groups, [0.05, 0.005], strict=True):
+                group["lr"] = lr
+        for k, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            grad = torch.randn(5, 3)
+            a.grad, b.grad = (None, None) if k == 3 else (grad, grad.clone())
+        torch_sgd.step()
+        graph_sgd.step()
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert graph_sgd.lrs() == pytest.approx([0.05, 0.005])
+
+
+def test_epoch_order_is_the_distributed_samplers() -> None:
+    sampler = DistributedSampler(range(103), num_replicas=1, rank=0, shuffle=True, seed=7)
+    for epoch in (0, 1, 5):
+        sampler.set_epoch(epoch)
+        assert epoch_permutation(103, 7, epoch).tolist() == list(sampler)
+
+
+def test_limited_batches_follow_lightning() -> None:
+    assert [limited(None, 10), limited(3, 10), limited(30, 10), limited(0.25, 10), limited(1.0, 10)] == [
+        10,
+        3,
+        10,
+        2,
+        10,
+    ]
+
+
+def _epoch_losses(run: Path, engine: str) -> list[float]:
+    if engine == "fast":
+        with (run / "train_log.csv").open() as f:
+            return [float(row["train/loss_epoch"]) for row in csv.DictReader(f)]
+    with (run / "logs" / "metrics.csv").open() as f:
+        return [float(row["train/loss_epoch"]) for row in csv.DictReader(f) if row.get("train/loss_epoch")]
+
+
+def test_fast_engine_trains_as_the_lightning_engine_on_a_cpu(tmp_path: Path) -> None:
+    """Same data order, augmentation stream, schedule and SGD: the same losses and test results
+    (up to float rounding of the two SGD implementations)."""
+    require_fashion_mnist()
+    results = {}
+    for engine in ("lightning", "fast"):
+        assert main(["run", *small_run(tmp_path / engine, f"train.engine={engine}")]) == 0
+        results[engine] = (_epoch_losses(tmp_path / engine / "r", engine), record_metrics(tmp_path / engine))
+    (loss_l, metrics_l), (loss_f, metrics_f) = results["lightning"], results["fast"]
+    assert len(loss_f) == len(loss_l) == 3
+    np.testing.assert_allclose(loss_f, loss_l, rtol=1e-4)
+    assert abs(metrics_f["test"]["top1"] - metrics_l["test"]["top1"]) <= 0.005
+    assert metrics_f["test"]["nll"] == pytest.approx(metrics_l["test"]["nll"], rel=1e-3)
+
+
+def test_engine_choice(tmp_path: Path) -> None:
+    cfg = compose(["experiment=fashion_mnist_lt/ce", "trainer.accelerator=cpu"])
+    memory = ArraySplit(np.zeros((4, 8, 8, 1), np.uint8), np.zeros(4, np.int64))
+    files = FileSplit(tmp_path, ["a.jpg"], [0])
+    assert choose_engine(cfg, memory) == "lightning"  # auto: fast only on a GPU
+    assert choose_engine(compose(["experiment=fashion_mnist_lt/ce", "train.engine=fast"]), memory) == "fast"
+    for overrides, words in [
+        (["train.engine=fast"], "image files"),
+        (["train.engine=fast", "evaluation.checkpoint=best_val"], "validation during training"),
+        (["train.engine=fast", "trainer.precision=bf16-mixed"], "fp32"),
+    ]:
+        split = files if words == "image files" else memory
+        with pytest.raises(Exception, match="train.engine=lightning") as err:
+            choose_engine(compose(["experiment=fashion_mnist_lt/ce", *overrides]), split)
+        assert words in str(err.value)
+
+
+def test_checkpoint_of_the_other_engine_is_refused(tmp_path: Path) -> None:
+    require_fashion_mnist()
+    assert main(["run", *small_run(tmp_path, "train.engine=fast", "trainer.max_epochs=1")]) == 0
+    (tmp_path / "r" / "record.json").unlink()
+    refused = cli(small_run(tmp_path, "train.engine=lightning", "trainer.max_epochs=1"))
+    assert refused.returncode == 2
+    assert "fast engine" in refused.stderr and "train.engine=fast" in refused.stderr
+
+
+def _synthetic(n: int = 70, classes: int = 4, size: int = 16) -> ArraySplit:
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, classes, n)
+    images = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
+    for c in range(classes):  # a class-coloured square: learnable in a few steps
+        images[targets == c, 4:12, 4:12, c % 3] = 200 + 10 * c
+    return ArraySplit(images, targets)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=cifar10_lt/ldam_drw", "backbone=small_cnn"],
+        ["experiment=cifar10_lt/mdcs"],
+        ["experiment=cifar10_lt/sade"],
+    ],
+)
+def test_fast_engine_runs_methods_with_views_and_variants(overrides: list[str], tmp_path: Path) -> None:
+    """LDAM-DRW switches its loss at the DRW epoch, MDCS builds its own views and its loss changes
+    every warm-up epoch, SADE has three experts: each trains eagerly on a CPU and its loss goes down."""
+    split = _synthetic()
+    cfg = compose(
+        [
+            "data.batch_size=32",
+            *overrides,
+            "trainer.max_epochs=4",
+            "schedule.warmup_epochs=0",
+            "optim.lr=0.01",
+        ]
+    )
+    if "drw_epoch" in cfg.method:
+        cfg.method.drw_epoch = 2
+    counts = np.bincount(split.targets, minlength=4)
+    method = METHODS.get(cfg.method.name)(cfg=cfg, train_counts=counts.tolist(), in_channels=3)
+    augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
+    engine = FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path)
+    summary = engine.fit()
+    assert summary.step_mode == "eager" and summary.train_images == 4 * 70
+    losses = _epoch_losses(tmp_path, "fast")
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+@GPU
+@pytest.mark.parametrize("experiment", ["cifar10_lt/ce", "cifar10_lt/ldam_drw", "cifar10_lt/mdcs"])
+def test_cuda_graph_steps_match_eager_steps(experiment: str, tmp_path: Path) -> None:
+    """On a GPU, replayed graphs give the eager engine's losses in distribution: same data order and
+    model start; augmentation draws differ, so the epoch losses agree to a few percent."""
+    split = _synthetic(n=300, size=32)
+    cfg = compose([f"experiment={experiment}", "trainer.max_epochs=3", "data.batch_size=64"])
+    if "drw_epoch" in cfg.method:
+        cfg.method.drw_epoch = 1
+    counts = np.bincount(split.targets, minlength=4).tolist()
+    losses = {}
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        method = METHODS.get(cfg.method.name)(cfg=cfg, train_counts=counts, in_channels=3)
+        augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
+        run = tmp_path / str(graphs)
+        summary = FastEngine(method, split, augment, cfg, torch.device("cuda"), run, use_graphs=graphs).fit()
+        assert summary.step_mode.startswith("graph") == graphs, summary.notes
+        losses[graphs] = _epoch_losses(run, "fast")
+    np.testing.assert_allclose(losses[True], losses[False], rtol=0.1)
+
+
+def test_fast_engine_follows_the_methods_batch_size_per_epoch(tmp_path: Path) -> None:
+    """SBCL: stage 1 at data.batch_size, stage 2 at method.stage2_batch_size (70 images: 3 then 5 steps)."""
+    split = _synthetic()
+    cfg = compose(
+        [
+            "experiment=cifar10_lt/sbcl",
+            "data.batch_size=32",
+            "method.stage2_batch_size=16",
+            "method.stage1_epochs=1",
+            "method.stage2_epochs=1",
+            "method.warmup_epochs=0",
+            "trainer.max_epochs=2",
+        ]
+    )
+    counts = np.bincount(split.targets, minlength=4).tolist()
+    method = METHODS.get("sbcl")(cfg=cfg, train_counts=counts, in_channels=3)
+    method.train_split = split
+    augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
+    FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path).fit()
+    with (tmp_path / "train_log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == [3, 8]
+    assert rows[0]["train/subclass_epoch"] and not rows[1]["train/subclass_epoch"]  # stage-1 terms only
