@@ -36,9 +36,12 @@ REFERENCE_SECONDS = {"ce": 1.1, "balanced_softmax": 1.1, "ldam_drw": 1.1, "sade"
 
 
 def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
-    cfg = compose(
-        [f"experiment=cifar10_lt/{name}", f"dataset.root={root}", f"trainer.max_epochs={epochs}", *extra]
-    )
+    stages = []
+    if name == "sbcl":  # times stage 1 (contrastive, batch 1024); one stage-2 epoch follows, not timed
+        stages = [f"method.stage1_epochs={epochs}", "method.stage2_epochs=1"]
+    total = epochs + 1 if stages else epochs
+    overrides = [f"dataset.root={root}", f"trainer.max_epochs={total}", *stages, *extra]
+    cfg = compose([f"experiment=cifar10_lt/{name}", *overrides])
     dataset = build_dataset(cfg.dataset)
     counts = dataset.train_counts.tolist()
     method = METHODS.get(cfg.method.name)(
@@ -61,7 +64,8 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
         started = time.perf_counter()
         summary = engine.fit()
         wall = time.perf_counter() - started
-    steady = statistics.median(summary.epoch_seconds[1:] or summary.epoch_seconds)
+    timed = summary.epoch_seconds[:epochs]
+    steady = statistics.median(timed[1:] or timed)
     return {
         "method": name,
         "batch_size": int(cfg.data.batch_size),
