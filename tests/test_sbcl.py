@@ -28,6 +28,7 @@ from lt_bench.methods.sbcl import (
     cosine_kmeans,
     ldam_cross_entropy,
     sbcl_loss,
+    stage_epochs,
     subclass_counts,
     supcon_loss,
 )
@@ -253,9 +254,16 @@ def test_stages_schedule_and_clustering_epochs() -> None:
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.5 * 0.1, 1e-4), (0.0, 0.0)]
 
 
-def test_max_epochs_must_cover_both_stages() -> None:
-    with pytest.raises(ConfigError, match="trainer.max_epochs must be 3"):
-        build("method.stage2_epochs=2")
+def test_a_shorter_run_shortens_both_stages() -> None:
+    assert stage_epochs(1000, 200, 1200) == (1000, 200)
+    assert stage_epochs(1000, 200, 600) == (500, 100)
+    assert stage_epochs(1000, 200, 2) == (1, 1)
+    assert stage_epochs(1000, 200, 1) == (0, 1)  # a one-epoch smoke run still trains the classifier
+    method = build("method.stage2_epochs=2")  # 1 + 2 configured, trainer.max_epochs=2
+    assert (method.stage1_epochs, method.stage2_epochs) == (1, 1)
+    assert method.record_extras()["sbcl_stage1_epochs"] == 1
+    with pytest.raises(ConfigError, match="stage2_epochs"):
+        build("method.stage2_epochs=0")
     with pytest.raises(ConfigError, match="kmeans_init"):
         build("method.kmeans_init=balanced")
 

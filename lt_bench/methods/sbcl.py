@@ -1,7 +1,8 @@
 """SBCL: Subclass-balancing Contrastive Learning (Hou, Zhang, Wang, Zhou; ICCV 2023).
 
 methods.md §5, official code ``JackHck/SBCL`` (``SimCLR/main.py``, ``loss.py``, ``linear_classify.py``).
-Two stages in one run: ``trainer.max_epochs = stage1_epochs + stage2_epochs``.
+Two stages in one run: ``trainer.max_epochs = stage1_epochs + stage2_epochs`` (a run given fewer
+epochs, e.g. a smoke run, shortens both stages proportionally, keeping at least one stage-2 epoch).
 
 **Stage 1** (epochs ``0 .. stage1_epochs - 1``): ResNet encoder -> MLP head ``Linear(d, d)``-ReLU-
 ``Linear(d, 128)`` -> L2-normalise, on two SimCLR views per image (one forward of the ``2B`` views).
@@ -71,6 +72,15 @@ KMEANS_INITS = ("kmeans++", "random")
 
 
 # --- subclasses ------------------------------------------------------------------------------------
+def stage_epochs(stage1: int, stage2: int, total: int) -> tuple[int, int]:
+    """Epochs of (stage 1, stage 2) in a run of ``total`` epochs: as configured when they add up,
+    else scaled to ``total`` with ``stage2 = max(1, round(total * stage2 / (stage1 + stage2)))``."""
+    if stage1 + stage2 == total:
+        return stage1, stage2
+    second = min(total, max(1, round(total * stage2 / (stage1 + stage2))))
+    return total - second, second
+
+
 def subclass_counts(class_counts: Sequence[int], min_size: int) -> list[int]:
     """``K_c = max(1, floor(n_c / max(n_min, M)))`` with ``M = min_size`` (official ``--cluster``)."""
     size = max(min(class_counts), min_size)
@@ -261,16 +271,18 @@ class SBCL(BaseMethod):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         m = self.method_cfg
-        total = m.stage1_epochs + m.stage2_epochs
-        if self.cfg.trainer.max_epochs != total:
-            raise ConfigError(
-                f"sbcl trains method.stage1_epochs={m.stage1_epochs} + method.stage2_epochs="
-                f"{m.stage2_epochs} epochs, so trainer.max_epochs must be {total} (got "
-                f"{self.cfg.trainer.max_epochs}); e.g. a smoke run: method.stage1_epochs=1 "
-                "method.stage2_epochs=1 trainer.max_epochs=2"
+        if m.stage1_epochs < 0 or m.stage2_epochs < 1:
+            raise ConfigError("sbcl: method.stage1_epochs must be >= 0 and method.stage2_epochs >= 1")
+        self.stage1_epochs, self.stage2_epochs = stage_epochs(
+            m.stage1_epochs, m.stage2_epochs, self.cfg.trainer.max_epochs
+        )
+        if (self.stage1_epochs, self.stage2_epochs) != (m.stage1_epochs, m.stage2_epochs):
+            print(
+                f"sbcl: trainer.max_epochs={self.cfg.trainer.max_epochs} is not method.stage1_epochs + "
+                f"method.stage2_epochs = {m.stage1_epochs + m.stage2_epochs}; shortened proportionally to "
+                f"{self.stage1_epochs} + {self.stage2_epochs} epochs",
+                flush=True,
             )
-        if m.stage1_epochs < 1 or m.stage2_epochs < 1:
-            raise ConfigError("sbcl: method.stage1_epochs and method.stage2_epochs must both be >= 1")
         if m.kmeans_init not in KMEANS_INITS:
             raise ConfigError(f"method.kmeans_init='{m.kmeans_init}'; valid: {', '.join(KMEANS_INITS)}")
         if m.kmeans_iters < 1 or m.step < 1:
@@ -306,7 +318,7 @@ class SBCL(BaseMethod):
     def stage(self) -> str:
         """``supcon`` (warm-up), ``sbcl`` (rest of stage 1) or ``classifier`` (stage 2)."""
         m = self.method_cfg
-        if self.epoch >= m.stage1_epochs:
+        if self.epoch >= self.stage1_epochs:
             return "classifier"
         return "supcon" if self.epoch < m.warmup_epochs else "sbcl"
 
@@ -426,10 +438,9 @@ class SBCL(BaseMethod):
 
     def lr_factors(self) -> list[Callable[[int], float]]:
         """Per-group multipliers: the ``schedule`` over stage 1 then 0; 0 then the stage-2 warm-up/steps."""
-        m = self.method_cfg
-        first = lr_factor(OmegaConf.to_container(self.cfg.schedule), self.cfg.optim.lr, m.stage1_epochs)
+        m, s1 = self.method_cfg, self.stage1_epochs
+        first = lr_factor(OmegaConf.to_container(self.cfg.schedule), self.cfg.optim.lr, max(1, s1))
         second = warmup_step(m.stage2_warmup_epochs, m.stage2_milestones, m.stage2_gamma)
-        s1 = m.stage1_epochs
         return [lambda e: first(e) if e < s1 else 0.0, lambda e: 0.0 if e < s1 else second(e - s1)]
 
     def configure_optimizers(self) -> Any:
@@ -449,13 +460,12 @@ class SBCL(BaseMethod):
     # --- record --------------------------------------------------------------------------------
     def record_extras(self) -> dict[str, Any]:
         """Stage lengths, subclass counts, the last clustering's temperatures and k-means distance."""
-        m = self.method_cfg
         clustered = int(self.clustered_at) >= 0
         temperatures = self.temperatures.tolist()
         distance = float(self.kmeans_distance)
         return {
-            "sbcl_stage1_epochs": m.stage1_epochs,
-            "sbcl_stage2_epochs": m.stage2_epochs,
+            "sbcl_stage1_epochs": self.stage1_epochs,
+            "sbcl_stage2_epochs": self.stage2_epochs,
             "sbcl_num_subclasses": sum(self.subclasses_per_class),
             "sbcl_subclasses_per_class": self.subclasses_per_class,
             "sbcl_last_clustering_epoch": int(self.clustered_at) if clustered else None,

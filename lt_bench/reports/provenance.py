@@ -27,7 +27,8 @@ PACKAGES = (
 
 
 def git_state(path: Path | None = None) -> dict[str, object]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout holding ``path``."""
+    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout holding ``path``, or of
+    ``LT_BENCH_GIT_COMMIT`` / ``LT_BENCH_GIT_DIRTY=1`` when the first is set."""
     cwd = path or Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -37,13 +38,14 @@ def git_state(path: Path | None = None) -> dict[str, object]:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None and os.environ.get("LT_BENCH_GIT_COMMIT"):
-        # a copy of the checkout without .git (e.g. on a remote GPU machine) names its commit here
+    if os.environ.get("LT_BENCH_GIT_COMMIT"):
+        # a copy of the checkout (e.g. on a remote GPU machine) names its commit here: its .git may
+        # be missing or stale, so the variable wins over what git would say
         return {
             "commit": os.environ["LT_BENCH_GIT_COMMIT"],
             "dirty": os.environ.get("LT_BENCH_GIT_DIRTY") == "1",
         }
+    commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
