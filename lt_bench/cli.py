@@ -44,7 +44,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     overrides = [a for a in args.items if "=" in a]
     if not experiments:
         raise LTBenchError("name at least one experiment, e.g. lt-bench sweep cifar10_lt/ce seeds=0,1,2")
-    print(table(sweep(experiments, overrides, args.parallel)))
+    print(table(sweep(experiments, overrides, args.parallel, mps=args.mps)))
     return 0
 
 
@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="a grid of runs (experiments x seeds x values) as parallel processes")
     p.add_argument("items", nargs="+", help="experiments, then seeds=0,1,2 and key=v1,v2 axes or overrides")
     p.add_argument("--parallel", type=int, default=1, help="processes at once (they share the GPUs)")
+    p.add_argument(
+        "--mps",
+        action="store_true",
+        help="start a CUDA MPS daemon for the sweep, so the processes' kernels run side by side on a GPU",
+    )
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("table", help="benchmark table (mean ± std over seeds) from run records")

@@ -209,3 +209,27 @@ def test_fast_engine_follows_the_methods_batch_size_per_epoch(tmp_path: Path) ->
         rows = list(csv.DictReader(f))
     assert [int(row["step"]) for row in rows] == [3, 8]
     assert rows[0]["train/subclass_epoch"] and not rows[1]["train/subclass_epoch"]  # stage-1 terms only
+
+
+@GPU
+def test_replayed_graphs_draw_fresh_augmentation() -> None:
+    """Each replay of a captured crop + flip draws new random numbers; reseeding repeats them
+    (the per-epoch reseed of BaseMethod reaches the graphs)."""
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8, device="cuda")
+    augment = BatchAugment("crop_flip", [0.5] * 3, [0.25] * 3)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        augment(images)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = augment(images)
+    views = []
+    for seed in (1, 1):
+        torch.manual_seed(seed)
+        for _ in range(2):
+            graph.replay()
+            views.append(out.clone())
+    assert not torch.equal(views[0], views[1])
+    assert torch.equal(views[0], views[2]) and torch.equal(views[1], views[3])
