@@ -98,7 +98,7 @@ def test_mixed_actions_go_to_the_right_samples() -> None:
 def test_autoaugment_end_to_end_equals_torchvision_given_the_draws(device: str) -> None:
     images = make_images(64).permute(0, 2, 3, 1).contiguous().to(device)
     with torch.random.fork_rng(devices=[]):
-        table, _, actions = P.sample_autoaugment_cifar10(64, 32, 32, device)
+        table, _, actions = P.sample_autoaugment_cifar10(64, 32, 32)  # actions: the CPU generator
     out = P.autoaugment_cifar10(images)  # same draws
     assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device
 
@@ -115,7 +115,7 @@ def test_autoaugment_end_to_end_equals_torchvision_given_the_draws(device: str) 
 def test_randaugment_end_to_end_equals_torchvision_given_the_draws(device: str) -> None:
     images = make_images(64).permute(0, 2, 3, 1).contiguous().to(device)
     with torch.random.fork_rng(devices=[]):
-        table, _, actions = P.sample_randaugment(64, 2, 10, 31, 32, 32, device)
+        table, _, actions = P.sample_randaugment(64, 2, 10, 31, 32, 32)  # actions: the CPU generator
     out = P.randaugment(images, num_ops=2, magnitude=10)
     assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device
 

@@ -1,7 +1,8 @@
 """Batched augmentation policies: Cutout, AutoAugment (CIFAR-10), RandAugment and SimCLR views.
 
 Like :mod:`lt_bench.data.augment`, every function takes a uint8 ``[B, H, W, C]`` batch on any device,
-draws its randomness from torch's global generator of that device, and returns the same layout. The
+draws its randomness from torch's global generator of that device (AutoAugment's and RandAugment's
+discrete actions: the CPU's), and returns the same layout. The
 random choices are per sample and follow torchvision's per-image transforms:
 
 * ``cutout``: DeVries & Taylor (2017), one square hole, centre uniform over the image, clipped at
@@ -14,9 +15,9 @@ random choices are per sample and follow torchvision's per-image transforms:
 
 AutoAugment and RandAugment draw one discrete action (op, signed magnitude) per sample and op
 slot, sort the batch by action and run torchvision's own functional op once per action present on
-that subset, so each image gets bit-for-bit torchvision's result. Sizing those subsets costs one
-host sync per op slot (``bincount(...).tolist()``: 2 per AutoAugment call, ``num_ops`` per
-RandAugment call); nothing else syncs. The SimCLR view uses per-sample parameters directly (gathers,
+that subset, so each image gets bit-for-bit torchvision's result. The actions (a few numbers per
+image) are drawn from the CPU generator, so sizing the subsets reads no device memory: on a GPU the
+host only queues work and never waits for it. The SimCLR view uses per-sample parameters directly (gathers,
 broadcast factors, grouped convolution); off the CPU it does not sync at all (on the CPU its colour
 jitter indexes the samples that chose each adjustment, which costs nothing there).
 """
@@ -182,8 +183,9 @@ def apply_actions(
 ) -> torch.Tensor:
     """Apply ``table[action[i]]`` to image ``i`` of uint8 ``[B, C, H, W]``, one op call per action present.
 
-    Host sync: one, to read how many samples chose each action.
+    ``action`` lives on the CPU (a device tensor would cost a host sync to size the subsets).
     """
+    action = action.cpu()
     counts = torch.bincount(action, minlength=len(table)).tolist()
     order = torch.argsort(action, stable=True)
     out = images.clone()
@@ -240,10 +242,10 @@ def autoaugment_cifar10(images: torch.Tensor, fill: Fill = None) -> torch.Tensor
     """torchvision ``AutoAugment(AutoAugmentPolicy.CIFAR10, fill=fill)`` per image of uint8 ``[B, H, W, C]``.
 
     Geometric ops sample nearest and fill with ``fill`` (None: 0, as torchvision's default; the
-    DeepVoltaire ``CIFAR10Policy`` used by MDCS/BALMS fills with 128). Two host syncs.
+    DeepVoltaire ``CIFAR10Policy`` used by MDCS/BALMS fills with 128). Actions come from the CPU generator.
     """
     b, h, w, _ = images.shape
-    table, _, actions = sample_autoaugment_cifar10(b, h, w, images.device)
+    table, _, actions = sample_autoaugment_cifar10(b, h, w)
     x = images.permute(0, 3, 1, 2)
     for slot in range(2):
         x = apply_actions(x, actions[slot], table, fill)
@@ -296,10 +298,10 @@ def randaugment(
 
     Takes and returns uint8 ``[B, H, W, C]``.
 
-    ``num_ops`` host syncs.
+    Actions come from the CPU generator (no host sync).
     """
     b, h, w, _ = images.shape
-    table, _, actions = sample_randaugment(b, num_ops, magnitude, num_magnitude_bins, h, w, images.device)
+    table, _, actions = sample_randaugment(b, num_ops, magnitude, num_magnitude_bins, h, w)
     x = images.permute(0, 3, 1, 2)
     for slot in range(num_ops):
         x = apply_actions(x, actions[slot], table, fill)

@@ -172,11 +172,15 @@ class FastEngine:
                     self.method.batch_indices = static["index"]
                     inputs = static["inputs"]
                 self._loss_and_update(inputs)
-        except RuntimeError as err:
+        except RuntimeError as err:  # views first fall back to eager, then the whole step
             reason = " ".join(str(err).split())[:200]
-            self.notes.append(f"step not capturable ({reason}); eager from epoch {self.method.epoch}")
+            what = "views" if self.views_in_graph else "step"
+            self.notes.append(f"{what} not capturable ({reason}); eager from epoch {self.method.epoch}")
             print(f"lt-bench: note: {self.notes[-1]}", flush=True)
-            self.use_graphs = False
+            if self.views_in_graph:
+                self.views_in_graph = False
+            else:
+                self.use_graphs = False
             self._zero_grad()
             torch.cuda.synchronize()
             return None
