@@ -6,7 +6,8 @@ median of the later epochs, training images per second, peak device memory and t
 The ratio column compares with issue 6's references for the official code on one H200 (LDAM-DRW's
 ``cifar_train.py`` 1.1 s per epoch; SADE's ``train.py`` 3.0 s per epoch on CIFAR-100-LT IF 100).
 
-    python bench/epoch_times.py --root DATA_OR_PACK [--epochs 4] [--methods ce,sade] [--json out.json]
+    python bench/epoch_times.py --root DATA_OR_PACK [--epochs 4] [--methods ce,sade] [--json out.json] \
+        [trainer.precision=bf16-mixed train.channels_last=true ...]
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
         if device.type == "cuda"
         else None,
         "step_mode": summary.step_mode,
+        "precision": str(cfg.trainer.precision),
+        "channels_last": bool(cfg.train.channels_last),
         "wall_s": round(wall, 2),
         "reference_s": REFERENCE_SECONDS.get(name),
         "speedup_vs_reference": round(REFERENCE_SECONDS[name] / steady, 2)

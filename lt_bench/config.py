@@ -281,6 +281,7 @@ def _validate_choices(cfg: DictConfig) -> None:
         "train.nonfinite_loss": ("error", "skip"),
         "train.engine": ("auto", "fast", "lightning"),
         "train.cuda_graphs": (True, False),
+        "train.channels_last": (True, False),
     }
     for key, valid in choices.items():
         value = OmegaConf.select(cfg, key)

@@ -8,6 +8,9 @@ from omegaconf import DictConfig
 from lt_bench.data.base import ArraySplit, Split
 from lt_bench.errors import ConfigError
 
+#: ``trainer.precision`` values the fast engine implements (bf16-mixed: autocast around the loss)
+FAST_PRECISIONS = ("32", "32-true", "bf16-mixed")
+
 
 def fast_engine_obstacles(cfg: DictConfig, train: Split) -> list[str]:
     """Why the fast engine cannot run this config (empty when it can), each with its fix."""
@@ -17,8 +20,10 @@ def fast_engine_obstacles(cfg: DictConfig, train: Split) -> list[str]:
         obstacles.append("the dataset is read from image files (the fast engine needs an in-memory dataset)")
     if str(trainer.get("devices", 1)) not in ("1", "[0]") or int(trainer.get("num_nodes", 1)) != 1:
         obstacles.append("trainer.devices/num_nodes ask for several processes (set trainer.devices=1)")
-    if str(trainer.get("precision", "32-true")) not in ("32", "32-true"):
-        obstacles.append(f"trainer.precision={trainer.precision} (the fast engine trains in fp32)")
+    if str(trainer.get("precision", "32-true")) not in FAST_PRECISIONS:
+        obstacles.append(
+            f"trainer.precision={trainer.precision} (the fast engine trains in {', '.join(FAST_PRECISIONS)})"
+        )
     if cfg.evaluation.checkpoint != "last" or cfg.evaluation.val_every_n_epochs:
         obstacles.append("validation during training (evaluation.checkpoint=last, val_every_n_epochs=0)")
     if trainer.get("accumulate_grad_batches", 1) != 1 or trainer.get("gradient_clip_val"):

@@ -95,7 +95,9 @@ class FastEngine:
         self.views_in_graph = (
             method.views_capturable if method.raw_train_batches else augment.name in CAPTURABLE_AUGMENTS
         )
-        method.to(device)
+        self.autocast = str(cfg.trainer.get("precision", "32-true")) == "bf16-mixed"
+        self.channels_last = bool(cfg.train.channels_last)
+        method.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         configured = method.configure_optimizers()
         self.torch_optimizer = configured["optimizer"]
         self.scheduler = configured["lr_scheduler"]["scheduler"]
@@ -119,15 +121,27 @@ class FastEngine:
         images, targets = self.images[index], self.targets[index]
         self.method.batch_indices = index
         if self.method.raw_train_batches:
-            return self.method.train_views(images, targets)
-        return self.augment(images), targets
+            inputs = self.method.train_views(images, targets)
+        else:
+            inputs = (self.augment(images), targets)
+        if self.channels_last:
+            inputs = tuple(
+                t.contiguous(memory_format=torch.channels_last)
+                if t.dim() == 4 and t.is_floating_point()
+                else t
+                for t in inputs
+            )
+        return inputs
 
     def _loss_and_update(self, inputs: tuple[Tensor, ...]) -> None:
         """Forward, loss, backward, SGD and the running sums: the captured region.
 
         ``train.nonfinite_loss=skip`` checks the loss on the host (eager steps only) and skips the update.
         """
-        loss, terms = self.method.training_loss(*inputs)
+        # autocast's weight cache must stay off under CUDA-graph capture
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast, cache_enabled=False):
+            loss, terms = self.method.training_loss(*inputs)
+        loss = loss.float()
         if self.skip_nonfinite and not bool(torch.isfinite(loss.detach())):
             self.method.skipped_steps += 1
             self.step_count += 1
