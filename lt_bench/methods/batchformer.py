@@ -26,7 +26,7 @@ views, schedule variants, prediction and test-time stages are reused unchanged.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -185,19 +185,9 @@ class MultiExpertBatchFormer(BatchFormer):
     * Heads: ``expert_heads`` (null: ``ride_heads(D)``, 1 head for D <= 128 as the RIDE port's
       48-d experts; SADE/MDCS CIFAR-100: D = 48, CIFAR-10: D = 64; ResNeXt-50 experts: D = 1536, 4).
 
-    The host's forward reads ``self.trunk(images)``; for the BT stream ``trunk`` (a property over the
-    registered module) returns the BT stream's trunk outputs instead, so each host's own forward
-    (e.g. TLC's engagement and aggregation) builds that stream's outputs.
+    Both streams' outputs come from the host's ``expert_outputs`` (e.g. TLC's engagement and
+    aggregation), given the plain or the BT stream's trunk outputs.
     """
-
-    #: the trunk outputs that ``trunk`` hands the host's forward in place of running the trunk
-    _trunk_outputs: Outputs | None = None
-
-    @property
-    def trunk(self) -> nn.Module | Callable[[Tensor], Outputs]:
-        """The host's ``MultiExpertNet``, or while the BT stream is built, a stand-in returning it."""
-        outputs = self._trunk_outputs
-        return self._modules["trunk"] if outputs is None else lambda images: outputs
 
     def build_model(self) -> None:
         super().build_model()
@@ -206,17 +196,15 @@ class MultiExpertBatchFormer(BatchFormer):
         self.add_batch_former(dim, ride_heads(dim) if heads is None else heads)
 
     def forward(self, images: Tensor) -> Outputs:
-        outputs = super().forward(images)
+        trunk_outputs = self.trunk(images)
+        outputs = self.expert_outputs(trunk_outputs, images.shape[0])
         if not self.training:
             return outputs
-        bt_features = self.batch_former(outputs["expert_features"])  # [E, N, D]
+        bt_features = self.batch_former(trunk_outputs["expert_features"])  # [E, N, D]
         heads = self.trunk.heads
         bt_logits = torch.stack([head(f) for head, f in zip(heads, bt_features, strict=True)])
-        self._trunk_outputs = {"expert_features": bt_features, "expert_logits": bt_logits}
-        try:
-            bt_outputs = super().forward(images)
-        finally:
-            self._trunk_outputs = None
+        bt_trunk = {"expert_features": bt_features, "expert_logits": bt_logits}
+        bt_outputs = self.expert_outputs(bt_trunk, images.shape[0])
         return {**outputs, **{BT_PREFIX + key: value for key, value in bt_outputs.items()}}
 
     def stream_losses(self, outputs: Outputs, targets: Tensor) -> dict[str, Tensor]:

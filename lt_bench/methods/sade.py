@@ -96,7 +96,11 @@ class MultiExpertMethod(BaseMethod):
         )
 
     def forward(self, images: Tensor) -> Outputs:
-        out = self.trunk(images)
+        return self.expert_outputs(self.trunk(images), images.shape[0])
+
+    def expert_outputs(self, out: Outputs, batch: int) -> Outputs:
+        """The method's outputs from the trunk's ``expert_features`` / ``expert_logits`` of ``batch``
+        images: mean logits here; hosts with their own aggregation (TLC) override this."""
         features = out["expert_features"]
         return {
             "logits": out["expert_logits"].mean(dim=0),

@@ -280,8 +280,8 @@ class TLC(MultiExpertMethod):
         m = self.method_cfg
         return (m.reweight_epoch + m.annealing) / m.reweight_factor
 
-    def forward(self, images: Tensor) -> Outputs:
-        outputs = super().forward(images)
+    def expert_outputs(self, out: Outputs, batch: int) -> Outputs:
+        outputs = super().expert_outputs(out, batch)
         expert_logits = outputs["expert_logits"]
         w = engagement_weights(expert_logits)
         eta = self.method_cfg.eta
@@ -289,7 +289,7 @@ class TLC(MultiExpertMethod):
         if self.method_cfg.aggregation == "per_sample":
             logits = aggregate_experts(expert_logits, w, eta, "per_sample")
         else:
-            logits = batch_output * (images.shape[0] / expert_logits.shape[0])
+            logits = batch_output * (batch / expert_logits.shape[0])
         outputs.update(logits=logits, uncertainty=w[-1], engagement=w, batch_output=batch_output)
         return outputs
 
