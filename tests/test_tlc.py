@@ -193,6 +193,12 @@ def test_method_loss_schedule_and_engagement() -> None:
         tau=0.54,
     ).sum()
     assert method.compute_loss(out, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    # the coefficient is set on the device at each epoch start (one captured step for all epochs)
+    method.engine_epoch = 9
+    method.on_train_epoch_start()
+    assert method.kl_coef.item() == pytest.approx(10 / 13200) and method.step_variant() is False
+    method.engine_epoch = 160  # official epoch 161: DRW on
+    assert method.step_variant() is True
     # expert 0 always engages every sample (w_0 = 1)
     assert torch.all(out["engagement"][0] == 1)
 

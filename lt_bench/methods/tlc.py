@@ -177,7 +177,7 @@ def tlc_expert_losses(
     margins: Tensor,
     scale: float,
     class_weights: Tensor | None,
-    kl_coef: float,
+    kl_coef: float | Tensor,
     temperature: Tensor | None,
     tau: float,
 ) -> Tensor:
@@ -271,6 +271,9 @@ class TLC(MultiExpertMethod):
         self.register_buffer("margins", ldam_margins(self.class_counts, m.max_m))
         self.register_buffer("drw_weights", class_balanced_weights(self.class_counts, DRW_BETA))
         self.register_buffer("temperature", diversity_temperature(self.class_counts, m.reweight_factor))
+        # the KL coefficient t / T_ann lives on the device, set at each epoch start, so that one
+        # captured training step serves every epoch of a DRW phase
+        self.register_buffer("kl_coef", torch.tensor(1.0 / self.annealing_period), persistent=False)
         self._uncertainty: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}
         self.uncertainty_results: dict[str, dict[str, float]] = {}
 
@@ -295,8 +298,7 @@ class TLC(MultiExpertMethod):
 
     def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
         m = self.method_cfg
-        epoch = self.epoch + 1  # the official trainer counts epochs from 1
-        drw = epoch > m.reweight_epoch
+        drw = self.drw_active()
         target = outputs["batch_output"] if m.diversity_target == "batch" else outputs["logits"]
         losses = tlc_expert_losses(
             outputs["expert_logits"],
@@ -306,15 +308,22 @@ class TLC(MultiExpertMethod):
             margins=self.margins,
             scale=self.classifier_scale(),
             class_weights=self.drw_weights if drw else None,
-            kl_coef=epoch / self.annealing_period,
+            kl_coef=self.kl_coef,
             temperature=self.temperature if drw else None,
             tau=m.tau,
         )
         return losses.sum()
 
-    def step_variant(self) -> int:
-        """The KL coefficient grows every epoch."""
-        return self.epoch
+    def drw_active(self) -> bool:
+        """DRW weights and diversity temperatures from the official epoch ``reweight_epoch + 1``."""
+        return self.epoch + 1 > self.method_cfg.reweight_epoch
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.kl_coef.fill_((self.epoch + 1) / self.annealing_period)  # the official trainer counts from 1
+
+    def step_variant(self) -> bool:
+        return self.drw_active()
 
     # --- evaluation: per-sample uncertainty and its quality ------------------------------------
     def on_test_epoch_start(self) -> None:
