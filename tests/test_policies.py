@@ -85,6 +85,25 @@ def test_every_action_equals_torchvision_per_image(fill) -> None:
         assert torch.equal(ours, ref), action
 
 
+@pytest.mark.parametrize("fill", [None, 128, (10, 200, 30)])
+def test_graph_safe_ops_equal_torchvision_per_image(fill) -> None:
+    """The GPU path's ops (index-map gathers, own sharpness / autocontrast) are torchvision's, exactly."""
+    images = make_images(16)
+    for action in all_actions():
+        ours = P.graph_safe_op(images, *action, fill)
+        ref = per_image(images, lambda _, im, a=action: torchvision_op(im, *a, fill=fill))
+        assert torch.equal(ours, ref), action
+
+
+def test_graph_safe_application_equals_the_subset_application() -> None:
+    images = make_images(64)
+    table = all_actions()
+    action = torch.randint(0, len(table), (64,))
+    assert torch.equal(
+        P.apply_all_actions(images, action, table, 128), P.apply_actions(images, action, table, 128)
+    )
+
+
 def test_mixed_actions_go_to_the_right_samples() -> None:
     images = make_images(64)
     table = all_actions()
@@ -97,8 +116,8 @@ def test_mixed_actions_go_to_the_right_samples() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_autoaugment_end_to_end_equals_torchvision_given_the_draws(device: str) -> None:
     images = make_images(64).permute(0, 2, 3, 1).contiguous().to(device)
-    with torch.random.fork_rng(devices=[]):
-        table, _, actions = P.sample_autoaugment_cifar10(64, 32, 32)  # actions: the CPU generator
+    with torch.random.fork_rng(devices=[0] if device == "cuda" else []):
+        table, _, actions = P.sample_autoaugment_cifar10(64, 32, 32, device)  # the GPU path draws there
     out = P.autoaugment_cifar10(images)  # same draws
     assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device
 
@@ -114,8 +133,8 @@ def test_autoaugment_end_to_end_equals_torchvision_given_the_draws(device: str) 
 @pytest.mark.parametrize("device", DEVICES)
 def test_randaugment_end_to_end_equals_torchvision_given_the_draws(device: str) -> None:
     images = make_images(64).permute(0, 2, 3, 1).contiguous().to(device)
-    with torch.random.fork_rng(devices=[]):
-        table, _, actions = P.sample_randaugment(64, 2, 10, 31, 32, 32)  # actions: the CPU generator
+    with torch.random.fork_rng(devices=[0] if device == "cuda" else []):
+        table, _, actions = P.sample_randaugment(64, 2, 10, 31, 32, 32, device)  # the GPU path draws there
     out = P.randaugment(images, num_ops=2, magnitude=10)
     assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device
 

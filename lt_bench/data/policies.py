@@ -1,8 +1,7 @@
 """Batched augmentation policies: Cutout, AutoAugment (CIFAR-10), RandAugment and SimCLR views.
 
 Like :mod:`lt_bench.data.augment`, every function takes a uint8 ``[B, H, W, C]`` batch on any device,
-draws its randomness from torch's global generator of that device (AutoAugment's and RandAugment's
-discrete actions: the CPU's), and returns the same layout. The
+draws its randomness from torch's global generator of that device, and returns the same layout. The
 random choices are per sample and follow torchvision's per-image transforms:
 
 * ``cutout``: DeVries & Taylor (2017), one square hole, centre uniform over the image, clipped at
@@ -14,10 +13,12 @@ random choices are per sample and follow torchvision's per-image transforms:
   ``blur_p > 0``, ``RandomApply([GaussianBlur(k, (0.1, 2.0))], p=blur_p)``.
 
 AutoAugment and RandAugment draw one discrete action (op, signed magnitude) per sample and op
-slot, sort the batch by action and run torchvision's own functional op once per action present on
-that subset, so each image gets bit-for-bit torchvision's result. The actions (a few numbers per
-image) are drawn from the CPU generator, so sizing the subsets reads no device memory: on a GPU the
-host only queues work and never waits for it. The SimCLR view uses per-sample parameters directly (gathers,
+slot, and every image gets bit-for-bit torchvision's result for its action. On a CPU the batch is
+sorted by action and torchvision's functional op runs once per action present on that subset (the
+actions come from the CPU generator). On a GPU every action runs on the whole batch and each image
+keeps its own (``apply_all_actions``, with ``lt_bench.data.graph_ops`` standing in for the
+torchvision kernels that copy from the host): no host sync, so the views can be captured in a CUDA
+graph. The SimCLR view uses per-sample parameters directly (gathers,
 broadcast factors, grouped convolution); off the CPU it does not sync at all (on the CPU its colour
 jitter indexes the samples that chose each adjustment, which costs nothing there).
 """
@@ -35,6 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 # private but stable helpers of torchvision's own adjust_hue
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
+from lt_bench.data import graph_ops
 from lt_bench.data.augment import random_hflip
 
 Fill = float | Sequence[float] | None
@@ -198,6 +200,48 @@ def apply_actions(
     return out
 
 
+GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+def graph_safe_op(images: torch.Tensor, op: str, magnitude: float, fill: Fill = None) -> torch.Tensor:
+    """``apply_op`` with no host copy or sync (``lt_bench.data.graph_ops``): the same uint8 result."""
+    if op in GEOMETRIC_OPS:
+        _, _, h, w = images.shape
+        source = graph_ops.geometric_index_map(
+            lambda index_image: apply_op(index_image, op, magnitude), (op, magnitude), h, w, images.device
+        )
+        return graph_ops.gather_pixels(images, source, fill)
+    if op == "Sharpness":
+        return graph_ops.adjust_sharpness(images, 1.0 + magnitude)
+    if op == "AutoContrast":
+        return graph_ops.autocontrast(images)
+    return apply_op(images, op, magnitude, fill)
+
+
+def apply_all_actions(
+    images: torch.Tensor, action: torch.Tensor, table: Sequence[Action], fill: Fill = None
+) -> torch.Tensor:
+    """``apply_actions`` for a CUDA graph: every action of ``table`` runs on the whole batch and each
+    image keeps its own (``action`` on the images' device; fixed shapes, no host sync)."""
+    out = images
+    for k, (op, magnitude) in enumerate(table):
+        if op != "Identity":
+            chosen = (action == k).view(-1, 1, 1, 1)
+            out = torch.where(chosen, graph_safe_op(images, op, magnitude, fill), out)
+    return out
+
+
+_DEVICE_TABLES: dict[tuple, tuple] = {}
+
+
+def _on_device(key: tuple, tables: tuple, device: torch.device) -> tuple:
+    """``tables`` with their tensors moved to ``device`` once (a graph must not copy them)."""
+    key = (*key, str(device))
+    if key not in _DEVICE_TABLES:
+        _DEVICE_TABLES[key] = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in tables)
+    return _DEVICE_TABLES[key]
+
+
 def _index(table: list[Action], action: Action) -> int:
     if action not in table:
         table.append(action)
@@ -228,9 +272,8 @@ def sample_autoaugment_cifar10(batch: int, height: int, width: int, device: torc
     Per image, as torchvision: a sub-policy uniformly; each of its two ops applied iff
     ``U <= probability``; a signed magnitude negated iff ``U <= 0.5``.
     """
-    table, prob, pos, neg = (
-        t.to(device) if isinstance(t, torch.Tensor) else t for t in autoaugment_cifar10_tables(height, width)
-    )
+    key = ("autoaugment_cifar10", height, width)
+    table, prob, pos, neg = _on_device(key, autoaugment_cifar10_tables(height, width), torch.device(device))
     sub = torch.randint(0, len(CIFAR10_POLICY), (batch,), device=device)
     applied = torch.rand(2, batch, device=device) <= prob[sub].T
     negate = torch.rand(2, batch, device=device) <= 0.5
@@ -242,13 +285,17 @@ def autoaugment_cifar10(images: torch.Tensor, fill: Fill = None) -> torch.Tensor
     """torchvision ``AutoAugment(AutoAugmentPolicy.CIFAR10, fill=fill)`` per image of uint8 ``[B, H, W, C]``.
 
     Geometric ops sample nearest and fill with ``fill`` (None: 0, as torchvision's default; the
-    DeepVoltaire ``CIFAR10Policy`` used by MDCS/BALMS fills with 128). Actions come from the CPU generator.
+    DeepVoltaire ``CIFAR10Policy`` used by MDCS/BALMS fills with 128). On a GPU the actions are drawn
+    there and applied with ``apply_all_actions`` (CUDA-graph safe); elsewhere they come from the CPU
+    generator and each runs on its own subset.
     """
     b, h, w, _ = images.shape
-    table, _, actions = sample_autoaugment_cifar10(b, h, w)
+    graph_safe = images.device.type == "cuda"
+    table, _, actions = sample_autoaugment_cifar10(b, h, w, images.device if graph_safe else "cpu")
+    apply = apply_all_actions if graph_safe else apply_actions
     x = images.permute(0, 3, 1, 2)
     for slot in range(2):
-        x = apply_actions(x, actions[slot], table, fill)
+        x = apply(x, actions[slot], table, fill)
     return x.permute(0, 2, 3, 1).contiguous()
 
 
@@ -280,8 +327,8 @@ def sample_randaugment(
     Per image and slot, as torchvision: an op uniformly out of 14; a signed magnitude negated iff
     ``U <= 0.5``.
     """
-    table, lut = randaugment_table(magnitude, num_bins, height, width)
-    lut = lut.to(device)
+    key = ("randaugment", magnitude, num_bins, height, width)
+    table, lut = _on_device(key, randaugment_table(magnitude, num_bins, height, width), torch.device(device))
     op = torch.randint(0, len(RANDAUGMENT_OPS), (num_ops, batch), device=device)
     negate = (torch.rand(num_ops, batch, device=device) <= 0.5).long()
     return table, op, lut[op, negate]
@@ -298,13 +345,16 @@ def randaugment(
 
     Takes and returns uint8 ``[B, H, W, C]``.
 
-    Actions come from the CPU generator (no host sync).
+    Actions and their application as ``autoaugment_cifar10``'s (graph-safe on a GPU).
     """
     b, h, w, _ = images.shape
-    table, _, actions = sample_randaugment(b, num_ops, magnitude, num_magnitude_bins, h, w)
+    graph_safe = images.device.type == "cuda"
+    device = images.device if graph_safe else "cpu"
+    table, _, actions = sample_randaugment(b, num_ops, magnitude, num_magnitude_bins, h, w, device)
+    apply = apply_all_actions if graph_safe else apply_actions
     x = images.permute(0, 3, 1, 2)
     for slot in range(num_ops):
-        x = apply_actions(x, actions[slot], table, fill)
+        x = apply(x, actions[slot], table, fill)
     return x.permute(0, 2, 3, 1).contiguous()
 
 
