@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 from fmnist_runs import cli, record_metrics, require_fashion_mnist, small_run
+from host_sync import HostSyncDetector
 from torch.utils.data import DistributedSampler
 
 from lt_bench.cli import main
 from lt_bench.config import compose
+from lt_bench.data import policies
 from lt_bench.data.augment import BatchAugment
 from lt_bench.data.base import ArraySplit, FileSplit
 from lt_bench.engine.choice import choose_engine
-from lt_bench.engine.fast import FastEngine, epoch_permutation, limited
+from lt_bench.engine.fast import CAPTURABLE_AUGMENTS, FastEngine, epoch_permutation, limited
 from lt_bench.engine.sgd import GraphSGD
 from lt_bench.registry import METHODS
 
@@ -261,3 +263,56 @@ def test_fast_engine_bf16_autocast_and_channels_last(tmp_path: Path) -> None:
     engine.fit()
     losses = _epoch_losses(tmp_path, "fast")
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+CAPTURE_CASES = {
+    "ce": ["experiment=cifar10_lt/ce"],
+    "balanced_softmax": ["experiment=cifar10_lt/balanced_softmax"],
+    "ldam_drw": ["experiment=cifar10_lt/ldam_drw"],
+    "car_power": ["experiment=cifar10_lt/car", "method.spectral=power"],
+    "batchformer": ["experiment=cifar10_lt/batchformer"],
+    "sade": ["experiment=cifar10_lt/sade"],
+    "tlc": ["experiment=cifar10_lt/tlc"],
+    "mdcs": ["experiment=cifar10_lt/mdcs"],
+    "mdcs_randaugment": ["experiment=cifar10_lt/mdcs", "method.strong_augment=randaugment"],
+    "concutmix": ["experiment=cifar10_lt/concutmix"],
+    "concutmix_car_power": ["experiment=cifar10_lt/concutmix_car", "method.car.spectral=power"],
+    "sbcl": ["experiment=cifar10_lt/sbcl", "data.batch_size=8"],
+    "batchformer_sade": ["experiment=cifar10_lt/batchformer_sade"],
+}
+
+
+@pytest.mark.parametrize("case", list(CAPTURE_CASES))
+def test_steps_marked_capturable_never_read_back_to_the_host(case: str, monkeypatch: pytest.MonkeyPatch):
+    """What a method lets the engine capture (its loss when ``graph_capturable``; its views when
+    ``views_capturable``, or the batch augmentation) makes no host read-back and no tensor from
+    Python data, at the first, a middle and the last epoch (each step variant): checked on a CPU with
+    a dispatch mode, the GPU path of AutoAugment / RandAugment forced."""
+    monkeypatch.setattr(policies, "graph_safe_device", lambda device: True)
+    split = _synthetic(n=16, size=32)
+    cfg = compose([*CAPTURE_CASES[case], "data.batch_size=8"])
+    counts = np.bincount(split.targets, minlength=4).tolist()
+    method = METHODS.get(cfg.method.name)(cfg=cfg, train_counts=counts, in_channels=3)
+    method.train_split = split
+    method.train()
+    images, targets = torch.from_numpy(split.images[:8]), torch.from_numpy(split.targets[:8]).long()
+    method.batch_indices = torch.arange(8)
+    augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
+    raw = method.raw_train_batches
+    views_capturable = method.views_capturable if raw else augment.name in CAPTURABLE_AUGMENTS
+
+    def views() -> tuple[torch.Tensor, ...]:
+        return method.train_views(images, targets) if method.raw_train_batches else (augment(images), targets)
+
+    last = cfg.trainer.max_epochs - 1
+    for epoch in (0, last // 2, last):
+        method.engine_epoch = epoch
+        method.on_train_epoch_start()
+        inputs = views()  # first calls fill the caches (index maps, kernels, tables)
+        method.training_loss(*inputs)
+        checks = ((views_capturable, views, ()), (method.graph_capturable, method.training_loss, inputs))
+        for capturable, step, args in checks:
+            if capturable:
+                with HostSyncDetector() as detector:
+                    step(*args)
+                assert detector.found == [], (case, epoch, detector.found)

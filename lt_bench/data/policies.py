@@ -26,7 +26,7 @@ jitter indexes the samples that chose each adjustment, which costs nothing there
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -203,6 +203,12 @@ def apply_actions(
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
+def graph_safe_device(device: torch.device) -> bool:
+    """Whether AutoAugment / RandAugment take the graph-safe path (all actions on the whole batch) on
+    ``device``: on a GPU; on a CPU the subset path is cheaper."""
+    return device.type == "cuda"
+
+
 def graph_safe_op(images: torch.Tensor, op: str, magnitude: float, fill: Fill = None) -> torch.Tensor:
     """``apply_op`` with no host copy or sync (``lt_bench.data.graph_ops``): the same uint8 result."""
     if op in GEOMETRIC_OPS:
@@ -234,11 +240,12 @@ def apply_all_actions(
 _DEVICE_TABLES: dict[tuple, tuple] = {}
 
 
-def _on_device(key: tuple, tables: tuple, device: torch.device) -> tuple:
-    """``tables`` with their tensors moved to ``device`` once (a graph must not copy them)."""
-    key = (*key, str(device))
+def _on_device(build: Callable[..., tuple], args: tuple, device: torch.device) -> tuple:
+    """``build(*args)``'s tables with their tensors on ``device``, built and moved once (each call
+    would cost host work, and a CUDA graph must not copy them)."""
+    key = (build.__name__, *args, str(device))
     if key not in _DEVICE_TABLES:
-        _DEVICE_TABLES[key] = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in tables)
+        _DEVICE_TABLES[key] = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in build(*args))
     return _DEVICE_TABLES[key]
 
 
@@ -272,8 +279,7 @@ def sample_autoaugment_cifar10(batch: int, height: int, width: int, device: torc
     Per image, as torchvision: a sub-policy uniformly; each of its two ops applied iff
     ``U <= probability``; a signed magnitude negated iff ``U <= 0.5``.
     """
-    key = ("autoaugment_cifar10", height, width)
-    table, prob, pos, neg = _on_device(key, autoaugment_cifar10_tables(height, width), torch.device(device))
+    table, prob, pos, neg = _on_device(autoaugment_cifar10_tables, (height, width), torch.device(device))
     sub = torch.randint(0, len(CIFAR10_POLICY), (batch,), device=device)
     applied = torch.rand(2, batch, device=device) <= prob[sub].T
     negate = torch.rand(2, batch, device=device) <= 0.5
@@ -290,7 +296,7 @@ def autoaugment_cifar10(images: torch.Tensor, fill: Fill = None) -> torch.Tensor
     generator and each runs on its own subset.
     """
     b, h, w, _ = images.shape
-    graph_safe = images.device.type == "cuda"
+    graph_safe = graph_safe_device(images.device)
     table, _, actions = sample_autoaugment_cifar10(b, h, w, images.device if graph_safe else "cpu")
     apply = apply_all_actions if graph_safe else apply_actions
     x = images.permute(0, 3, 1, 2)
@@ -327,8 +333,7 @@ def sample_randaugment(
     Per image and slot, as torchvision: an op uniformly out of 14; a signed magnitude negated iff
     ``U <= 0.5``.
     """
-    key = ("randaugment", magnitude, num_bins, height, width)
-    table, lut = _on_device(key, randaugment_table(magnitude, num_bins, height, width), torch.device(device))
+    table, lut = _on_device(randaugment_table, (magnitude, num_bins, height, width), torch.device(device))
     op = torch.randint(0, len(RANDAUGMENT_OPS), (num_ops, batch), device=device)
     negate = (torch.rand(num_ops, batch, device=device) <= 0.5).long()
     return table, op, lut[op, negate]
@@ -348,7 +353,7 @@ def randaugment(
     Actions and their application as ``autoaugment_cifar10``'s (graph-safe on a GPU).
     """
     b, h, w, _ = images.shape
-    graph_safe = images.device.type == "cuda"
+    graph_safe = graph_safe_device(images.device)
     device = images.device if graph_safe else "cpu"
     table, _, actions = sample_randaugment(b, num_ops, magnitude, num_magnitude_bins, h, w, device)
     apply = apply_all_actions if graph_safe else apply_actions

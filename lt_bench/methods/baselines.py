@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lt_bench.methods.base import BaseMethod, Outputs
+from lt_bench.methods.tensor_ops import one_hot
 from lt_bench.registry import register_method
 
 
@@ -71,7 +72,7 @@ class LDAMDRW(BaseMethod):
     def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
         logits = outputs["logits"]
         margin = self.method_cfg.s * self.margins[targets]
-        adjusted = logits - F.one_hot(targets, self.num_classes) * margin.unsqueeze(1)
+        adjusted = logits - one_hot(targets, self.num_classes) * margin.unsqueeze(1)
         weight = self.drw_weights if self.drw_active() else None
         return F.cross_entropy(adjusted, targets, weight=weight)
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lt_bench.errors import ConfigError
 from lt_bench.methods.base import BaseMethod, Outputs
+from lt_bench.methods.tensor_ops import one_hot
 from lt_bench.registry import register_method
 
 SPECTRAL_METHODS = ("svd", "power")
@@ -51,15 +52,15 @@ def soft_confusion(
     Columns of classes absent from the batch are 0; the diagonal is 0 by construction.
     ``detach_baseline`` / ``detach_gate`` switch the two stop-gradients ``sg`` (both on by default).
     """
-    one_hot = F.one_hot(targets, num_classes).to(logits.dtype)
-    off_target = 1.0 - one_hot
+    target_rows = one_hot(targets, num_classes, logits.dtype)
+    off_target = 1.0 - target_rows
     true_logit = logits.gather(1, targets[:, None])
     baseline = true_logit.detach() if detach_baseline else true_logit
     competition = torch.softmax((logits - baseline) / temperature, dim=1) * off_target
     margin = logits - true_logit
     gate = torch.sigmoid(margin.detach() if detach_gate else margin) * off_target
-    column_sums = (gate * competition).T @ one_hot
-    return column_sums / one_hot.sum(dim=0).clamp(min=1.0)
+    column_sums = (gate * competition).T @ target_rows
+    return column_sums / target_rows.sum(dim=0).clamp(min=1.0)
 
 
 def car_class_weights(class_counts: Tensor, r0: float, use_weights: bool = True) -> Tensor:

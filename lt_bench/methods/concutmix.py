@@ -61,6 +61,7 @@ from lt_bench.data.base import ArraySplit
 from lt_bench.errors import ConfigError
 from lt_bench.methods.base import BaseMethod
 from lt_bench.methods.car import CARRegularizer
+from lt_bench.methods.tensor_ops import one_hot
 from lt_bench.models import NormedLinear
 from lt_bench.registry import register_method
 
@@ -74,11 +75,6 @@ Box = tuple[int, int, int, int]
 
 
 # --- losses and labels ------------------------------------------------------------------------------
-def _one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float) -> Tensor:
-    """``e_{y}`` rows ``[N, C]`` by comparison (no value check, so no host sync)."""
-    return (labels[:, None] == torch.arange(num_classes, device=labels.device)).to(dtype)
-
-
 def logit_adjusted_soft_ce(logits: Tensor, soft_targets: Tensor, class_counts: Tensor, tau: float) -> Tensor:
     """``−(1/B) Σ_i Σ_k ŷ_ik log softmax(z_i + τ log π)_k`` with ``π = n / N`` (``cutmix_cross_entropy``).
 
@@ -101,7 +97,7 @@ def balanced_scl(features: Tensor, targets: Tensor, centers: Tensor, temperature
     logits = features @ keys.T / temperature
     not_self = 1.0 - torch.eye(num_anchors, num_anchors + num_classes, device=features.device)
     positives = (labels[:num_anchors, None] == labels[None, :]).to(features.dtype) * not_self
-    keys_per_class = _one_hot(labels, num_classes, features.dtype).sum(dim=0)
+    keys_per_class = one_hot(labels, num_classes, features.dtype).sum(dim=0)
     class_sizes = keys_per_class[labels][None, :] - positives  # K(y_j) - [y_j = y_i]
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
     denominator = (logits.exp() * not_self / class_sizes).sum(dim=1, keepdim=True)
@@ -111,7 +107,7 @@ def balanced_scl(features: Tensor, targets: Tensor, centers: Tensor, temperature
 
 def area_label(targets_a: Tensor, targets_b: Tensor, lam: Tensor, num_classes: int) -> Tensor:
     """``ỹ = λ e_{y_a} + (1 − λ) e_{y_b}`` (``[B, C]``)."""
-    return lam * _one_hot(targets_a, num_classes) + (1.0 - lam) * _one_hot(targets_b, num_classes)
+    return lam * one_hot(targets_a, num_classes) + (1.0 - lam) * one_hot(targets_b, num_classes)
 
 
 def semantic_label(

@@ -156,6 +156,7 @@ class MDCS(MultiExpertMethod):
     """
 
     raw_train_batches = True
+    views_capturable = True  # crop/flip/rotation, AutoAugment/RandAugment (graph-safe on a GPU), Cutout
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

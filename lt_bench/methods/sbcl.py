@@ -62,6 +62,7 @@ from lt_bench.data.policies import simclr_view
 from lt_bench.errors import ConfigError
 from lt_bench.methods.base import BaseMethod, Outputs, epoch_seed
 from lt_bench.methods.baselines import class_balanced_weights, ldam_margins
+from lt_bench.methods.tensor_ops import one_hot
 from lt_bench.models import NormedLinear
 from lt_bench.registry import register_method
 from lt_bench.schedules import lr_factor, warmup_step
@@ -253,7 +254,7 @@ def ldam_cross_entropy(
     logits: Tensor, targets: Tensor, margins: Tensor, scale: float, weight: Tensor | None
 ) -> Tensor:
     """LDAM (Cao et al. 2019) on scaled cosine logits ``z = s·cos``: ``CE_w(z − s·m_y·onehot(y), y)``."""
-    shift = F.one_hot(targets, logits.shape[1]) * (scale * margins[targets]).unsqueeze(1)
+    shift = one_hot(targets, logits.shape[1]) * (scale * margins[targets]).unsqueeze(1)
     return F.cross_entropy(logits - shift, targets, weight=weight)
 
 

@@ -72,6 +72,7 @@ from lt_bench.errors import ConfigError
 from lt_bench.methods.base import Outputs
 from lt_bench.methods.baselines import class_balanced_weights, ldam_margins
 from lt_bench.methods.sade import MultiExpertMethod
+from lt_bench.methods.tensor_ops import one_hot
 from lt_bench.metrics.shots import shot_groups
 from lt_bench.registry import register_method
 
@@ -185,7 +186,7 @@ def tlc_expert_losses(
     target ŷ ``[B, C]`` (detached here), the chain ``w`` ``[K(+1), B]``, LDAM ``margins`` ``[C]``,
     DRW ``class_weights`` (None: 1) and the diversity ``temperature`` ``[C]`` (None: 1)."""
     num_classes = expert_logits.shape[-1]
-    onehot = F.one_hot(targets, num_classes).to(expert_logits.dtype)
+    onehot = one_hot(targets, num_classes, expert_logits.dtype)
     t = torch.ones(num_classes, device=expert_logits.device) if temperature is None else temperature
     t_mean = t.mean()
     target_dist = torch.softmax(target_output.detach() / t, dim=1)
