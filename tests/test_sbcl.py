@@ -212,9 +212,11 @@ def test_kmeans_is_seeded_and_independent_of_row_order() -> None:
 
 
 def test_method_clustering_is_independent_of_dataset_order() -> None:
+    """On un-augmented images (with the default one SimCLR view each, only in distribution)."""
     split = toy_split()
     perm = np.random.default_rng(1).permutation(len(split))
-    method, permuted = build(), build()
+    options = ("method.cluster_views=clean", "method.kmeans_init=kmeans++")
+    method, permuted = build(*options), build(*options)
     method.train_split, permuted.train_split = split, split.subset(perm)
     method.recluster()
     permuted.recluster()
@@ -266,6 +268,8 @@ def test_a_shorter_run_shortens_both_stages() -> None:
         build("method.stage2_epochs=0")
     with pytest.raises(ConfigError, match="kmeans_init"):
         build("method.kmeans_init=balanced")
+    with pytest.raises(ConfigError, match="cluster_views"):
+        build("method.cluster_views=blurred")
 
 
 def one_step(method, optimizer, images: torch.Tensor, targets: torch.Tensor) -> float:
@@ -366,3 +370,16 @@ def test_views_and_config() -> None:
         assert cfg.schedule.name == "cosine" and cfg.schedule.warmup_epochs == 10
         assert (cfg.method.cluster, cfg.method.step, cfg.method.grama) == (10, 10, 0.25)
     assert compose(["experiment=cifar10_lt/sbcl"]).dataset.name == "cifar10_lt"
+
+
+def test_clustering_on_augmented_views_is_seeded_and_leaves_the_training_stream() -> None:
+    """The default (one SimCLR view per image, as the official cluster loader) draws its views from
+    its own seed: the same labels twice, and the global generator untouched."""
+    method = build()
+    method.train_split = toy_split()
+    state = torch.random.get_rng_state()
+    method.recluster()
+    first = method.subclass_labels.clone()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    method.recluster()
+    assert torch.equal(method.subclass_labels, first)

@@ -32,13 +32,12 @@ and are read with ``batch_indices``, so the step can run inside a CUDA graph.
 
 Deviations from the official code (also in configs/method/sbcl.yaml):
 
-* clustering features come from the un-augmented images (official: the first *augmented* view, since
-  its cluster loader shares the training transform);
 * each class's samples are selected by label, not by assuming per-class blocks in dataset order; the
   k-means result does not depend on the dataset order (samples are sorted along a seeded direction
   before the seeded initialisation);
-* k-means is initialised with k-means++ (cosine D² sampling) by default (``kmeans_init: kmeans++``);
-  ``random`` draws the initial centres uniformly as ``kmeans_gpu.initialize`` does;
+* ``kmeans_init: kmeans++`` (cosine D² sampling) is offered besides the official uniform choice of
+  initial points (``random``, the default, as ``kmeans_gpu.initialize``), which can leave clusters merged;
+  ``cluster_views: clean`` clusters the un-augmented images instead of one SimCLR view each;
 * the first clustering runs at epoch ``warmup_epochs`` and then every ``step`` epochs (official:
   epochs ``e ≥ warm_epochs`` with ``e % step == 0``, the same for the official 10 / 10);
 * stage 2 keeps the last epoch's classifier (official: best test accuracy). Its batch size is
@@ -70,6 +69,7 @@ from lt_bench.schedules import lr_factor, warmup_step
 #: base temperature of the warm-up SupCon (official ``SupConLoss`` default: the loss factor τ / 0.1 is 1)
 WARMUP_BASE_TEMPERATURE = 0.1
 KMEANS_INITS = ("kmeans++", "random")
+CLUSTER_VIEWS = ("augmented", "clean")
 
 
 # --- subclasses ------------------------------------------------------------------------------------
@@ -284,6 +284,8 @@ class SBCL(BaseMethod):
                 f"{self.stage1_epochs} + {self.stage2_epochs} epochs",
                 flush=True,
             )
+        if m.cluster_views not in CLUSTER_VIEWS:
+            raise ConfigError(f"method.cluster_views='{m.cluster_views}'; valid: {', '.join(CLUSTER_VIEWS)}")
         if m.kmeans_init not in KMEANS_INITS:
             raise ConfigError(f"method.kmeans_init='{m.kmeans_init}'; valid: {', '.join(KMEANS_INITS)}")
         if m.kmeans_iters < 1 or m.step < 1:
@@ -348,7 +350,10 @@ class SBCL(BaseMethod):
 
     @torch.no_grad()
     def embed_training_set(self) -> tuple[Tensor, Tensor]:
-        """Eval-mode projections ``[N, feat_dim]`` of the un-augmented training images and their labels."""
+        """Eval-mode projections ``[N, feat_dim]`` of the training images and their labels: of one
+        SimCLR view each (``cluster_views: augmented``, as the official cluster loader) or of the
+        images themselves (``clean``). The views come from their own seed (the epoch's training
+        stream is left as it was)."""
         split = self.train_split
         if not isinstance(split, ArraySplit):
             raise ConfigError(
@@ -358,12 +363,18 @@ class SBCL(BaseMethod):
         was_training = self.training
         self.eval()
         size = self.cfg.data.batch_size
-        chunks = [
-            self.project(
-                self.backbone(self._normalize(torch.from_numpy(split.images[i : i + size]).to(self.device)))
-            )
-            for i in range(0, len(split), size)
-        ]
+        view = simclr_view if self.method_cfg.cluster_views == "augmented" else (lambda x: x)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(epoch_seed(int(self.cfg.seed) + 1, self.epoch, 0))
+            chunks = [
+                self.project(
+                    self.backbone(
+                        self._normalize(view(torch.from_numpy(split.images[i : i + size]).to(self.device)))
+                    )
+                )
+                for i in range(0, len(split), size)
+            ]
         self.train(was_training)
         return torch.cat(chunks), torch.from_numpy(split.targets).to(self.device)
 
@@ -372,7 +383,7 @@ class SBCL(BaseMethod):
         m = self.method_cfg
         features, targets = self.embed_training_set()
         generator = torch.Generator(device=self.device).manual_seed(
-            epoch_seed(int(self.cfg.seed), self.epoch, 0)
+            epoch_seed(int(self.cfg.seed) + 2, self.epoch, 0)  # not the epoch's augmentation seed
         )
         labels, distance = cluster_subclasses(
             features,
