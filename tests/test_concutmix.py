@@ -374,3 +374,12 @@ def test_car_with_exact_svd_is_not_graph_capturable() -> None:
 def test_invalid_options_fail(overrides: list[str]) -> None:
     with pytest.raises(ConfigError):
         build("concutmix_car", *overrides)
+
+
+def test_cifar_model_matches_bcl_model_32() -> None:
+    """CIFAR: both projection MLPs 512 wide (``model_dict['resnet32'] = [resnet32, 512]``) and the linear
+    classifier at PyTorch's default initialisation (``BCLModel_32``'s ``fc``: U(±1/sqrt(64)))."""
+    method = build()
+    assert method.head[0].out_features == method.center_head[0].out_features == 512
+    bound = 1 / method.backbone.feature_dim**0.5
+    assert method.classifier.weight.abs().max() <= bound

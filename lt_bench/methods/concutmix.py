@@ -1,11 +1,12 @@
 """ConCutMix: Contrastive CutMix on top of BCL (Pan et al., TIP 2024; methods.md §1.6), and ConCutMix + CAR.
 
-Official code ``PanHaulin/ConCutMix`` (``main.py``, ``loss/{logitadjust,contrastive}.py``,
+Official code ``PanHaulin/ConCutMix``; the files read are those of its co-author's copy
+``YuMJie/ConCutMix`` (``main.py``, ``loss/{logitadjust,contrastive}.py``, ``models/resnet32.py``,
 ``dataset/cifar.py``, ``run_files/*.sh``), built on BCL (``FlamieZhu/Balanced-Contrastive-Learning``,
 ``loss/contrastive.py``, ``models/resnext.py``). The model is a backbone with three heads on its pooled
 feature ``h``: the classifier ``z = W h``, a projection MLP ``f̃ = g(h)`` (Linear-BN-ReLU-Linear to
-``feat_dim``) and a second MLP that maps the classifier weights to class centres ``c̃_k = g_c(w_k)``;
-``f = f̃/‖f̃‖`` and ``c_k = c̃_k/‖c̃_k‖``.
+``feat_dim``, hidden width ``head_hidden``: 512 on CIFAR as ``BCLModel_32``) and a second MLP that maps
+the classifier weights to class centres ``c̃_k = g_c(w_k)``; ``f = f̃/‖f̃‖`` and ``c_k = c̃_k/‖c̃_k‖``.
 
 Every image gives three views: a classification view ``x⁰`` and two contrastive views ``x¹, x²``. With
 probability ``cutmix_prob`` the batch is CutMixed: one box of area ratio ``1 − λ`` (``λ ~ Beta(1, 1)``, then
@@ -43,7 +44,12 @@ Deviations from the official code (also in ``configs/method/concutmix.yaml``):
   image-file datasets it is drawn from the batch with probability ∝ ``1/n_y`` (a within-batch approximation);
 * the official CIFAR loader subsamples CIFAR-LT with ``rand_number=10``; lt-bench uses the standard seed-0
   subset (methods.md §0.1); the evaluated model is the last epoch's (official: best test accuracy);
-* a distance ``‖f̃ − c̃_k‖`` of 0 is clamped to 1e-12 (the official code would divide by zero).
+* a distance ``‖f̃ − c̃_k‖`` of 0 is clamped to 1e-12 (the official code would divide by zero);
+* class centres are per class, ``g_c(w_k)`` from each classifier row (the paper, BCL, and the official
+  ``--use_norm`` branch). The official CIFAR branch maps ``fc.weight.T`` (``[64, C]``: one row per feature
+  dimension) and keeps the first ``C`` rows, which is not per class (and fails for C > 64 on one GPU);
+* CIFAR-100 is normalised with its own mean/std (the official code uses CIFAR-10's for both), and
+  BatchNorm sees the whole batch (officially ``DataParallel`` chunks over 4 GPUs).
 """
 
 from __future__ import annotations
@@ -75,13 +81,18 @@ Box = tuple[int, int, int, int]
 
 
 # --- losses and labels ------------------------------------------------------------------------------
+def at_least_fp32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is in a lower precision (bf16 autocast), else unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def logit_adjusted_soft_ce(logits: Tensor, soft_targets: Tensor, class_counts: Tensor, tau: float) -> Tensor:
     """``−(1/B) Σ_i Σ_k ŷ_ik log softmax(z_i + τ log π)_k`` with ``π = n / N`` (``cutmix_cross_entropy``).
 
     With ``ŷ = λ e_a + (1 − λ) e_b`` this is ``λ CE_LA(z, a) + (1 − λ) CE_LA(z, b)`` (official pre-warm-up).
     """
-    prior = (class_counts / class_counts.sum()).log().to(logits.dtype)
-    log_probs = F.log_softmax(logits + tau * prior, dim=1)
+    prior = (class_counts / class_counts.sum()).log()
+    log_probs = F.log_softmax(at_least_fp32(logits) + tau * prior, dim=1)
     return -(soft_targets * log_probs).sum(dim=1).mean()
 
 
@@ -91,6 +102,7 @@ def balanced_scl(features: Tensor, targets: Tensor, centers: Tensor, temperature
     ``features`` ``[2B, D]``: the L2-normalised projections of view 1 of the ``B`` images, then of view 2;
     ``targets`` ``[B]``; ``centers`` ``[C, D]`` L2-normalised; returns the mean over the ``2B`` anchors.
     """
+    features, centers = at_least_fp32(features), at_least_fp32(centers)  # exp(·/t) magnifies rounding
     num_anchors, num_classes = features.shape[0], centers.shape[0]
     labels = torch.cat([targets, targets, torch.arange(num_classes, device=targets.device)])
     keys = torch.cat([features, centers])
@@ -120,7 +132,9 @@ def semantic_label(
     """
     counts = class_counts.to(area.dtype)
     weight = ((area * counts).sum(dim=1, keepdim=True).log() / counts.log().sum()) * omega
-    distance = torch.cdist(features.detach().float(), centers.detach().float())
+    distance = torch.cdist(  # the direct difference, as the official code (no matmul expansion)
+        features.detach().float(), centers.detach().float(), compute_mode="donot_use_mm_for_euclid_dist"
+    )
     similarity = 1.0 / distance.clamp(min=MIN_DISTANCE)
     kth = similarity.topk(topk, dim=1).values[:, -1:]
     similarity = torch.where(similarity < kth, torch.zeros_like(similarity), similarity)
@@ -193,10 +207,11 @@ class ThreeViews:
         return torch.stack([self.classification(image), self.contrastive(image), self.contrastive(image)])
 
 
-def projection_head(dim_in: int, feat_dim: int) -> nn.Sequential:
-    """BCL's MLP: Linear(d, d) - BatchNorm1d - ReLU - Linear(d, feat_dim)."""
+def projection_head(dim_in: int, feat_dim: int, hidden: int | None = None) -> nn.Sequential:
+    """BCL's MLP: Linear(d, h) - BatchNorm1d - ReLU - Linear(h, feat_dim), ``h = hidden or d``."""
+    hidden = hidden or dim_in
     return nn.Sequential(
-        nn.Linear(dim_in, dim_in), nn.BatchNorm1d(dim_in), nn.ReLU(inplace=True), nn.Linear(dim_in, feat_dim)
+        nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, feat_dim)
     )
 
 
@@ -220,8 +235,10 @@ class ConCutMix(BaseMethod):
         super().build_model()
         m = self.method_cfg
         self._check_options()
-        self.head = projection_head(self.backbone.feature_dim, m.feat_dim)
-        self.center_head = projection_head(self.backbone.feature_dim, m.feat_dim)
+        if isinstance(self.classifier, nn.Linear):
+            self.classifier.reset_parameters()  # BCLModel_32's fc keeps PyTorch's default initialisation
+        self.head = projection_head(self.backbone.feature_dim, m.feat_dim, m.head_hidden)
+        self.center_head = projection_head(self.backbone.feature_dim, m.feat_dim, m.head_hidden)
         self._partner_pool: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def _check_options(self) -> None:
