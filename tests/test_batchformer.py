@@ -466,7 +466,9 @@ def test_mdcs_host_builds_its_views_and_keeps_its_step_variants() -> None:
     assert method.step_variant() == 20
     tlc = build_multi("tlc")
     tlc.engine_epoch = 7
-    assert tlc.step_variant() == 7
+    assert tlc.step_variant() is False  # TLC's variant: DRW on or off
+    tlc.engine_epoch = 160
+    assert tlc.step_variant() is True
 
 
 @pytest.mark.parametrize("backbone_lr", [None, 0.01])
