@@ -48,7 +48,6 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
     method = METHODS.get(cfg.method.name)(
         cfg=cfg, train_counts=counts, in_channels=dataset.train.images.shape[-1]
     )
-    method.train_split = dataset.train
     augment = BatchAugment(
         cfg.data.train_augment,
         cfg.dataset.mean,

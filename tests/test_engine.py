@@ -167,7 +167,17 @@ def test_fast_engine_runs_methods_with_views_and_variants(overrides: list[str], 
 
 
 @GPU
-@pytest.mark.parametrize("experiment", ["cifar10_lt/ce", "cifar10_lt/ldam_drw", "cifar10_lt/mdcs"])
+@pytest.mark.parametrize(
+    "experiment",
+    [
+        "cifar10_lt/ce",
+        "cifar10_lt/ldam_drw",
+        "cifar10_lt/mdcs",
+        "cifar10_lt/tlc",
+        "cifar10_lt/sbcl",
+        "cifar10_lt/concutmix",
+    ],
+)
 def test_cuda_graph_steps_match_eager_steps(experiment: str, tmp_path: Path) -> None:
     """On a GPU, replayed graphs give the eager engine's losses in distribution: same data order and
     model start; augmentation draws differ, so the epoch losses agree to a few percent."""

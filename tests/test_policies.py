@@ -324,7 +324,7 @@ def test_color_jitter_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     images = make_images(32)
     with torch.random.fork_rng(devices=[]):
         by_index = P.color_jitter(images, 0.4, 0.4, 0.4, 0.1)
-    monkeypatch.setattr(P, "_SELECT_BY_MASK", True)
+    monkeypatch.setattr(P, "graph_safe_device", lambda device: True)
     assert torch.equal(P.color_jitter(images, 0.4, 0.4, 0.4, 0.1), by_index)
 
 
@@ -357,3 +357,14 @@ def test_simclr_view_without_colour_is_a_flipped_resized_crop() -> None:
     out = P.simclr_view(images, 32, jitter_p=0.0, grayscale_p=0.0)
     crops = P.resized_crop(images.permute(0, 3, 1, 2), boxes, (32, 32)).permute(0, 2, 3, 1)
     assert torch.equal(out, torch.where(flip.view(-1, 1, 1, 1), crops.flip(2), crops))
+
+
+def test_graph_safe_hsv_to_rgb_equals_torchvision() -> None:
+    from torchvision.transforms.v2.functional._color import _hsv_to_rgb
+
+    from lt_bench.data.graph_ops import hsv_to_rgb
+
+    hsv = torch.rand(4, 3, 9, 9)
+    hsv[0, 0] = 1.0  # h = 1 wraps to sector 0
+    assert torch.equal(hsv_to_rgb(hsv), _hsv_to_rgb(hsv))
+    assert torch.equal(hsv_to_rgb(hsv[1]), _hsv_to_rgb(hsv[1]))

@@ -7,7 +7,8 @@ neither. The versions here give bit-for-bit torchvision's uint8 results (tests/t
 * a nearest-neighbour geometric op at a fixed size is a pixel gather, so its source index of every
   output pixel is computed once, by running torchvision's own op on an image of pixel indices, and
   cached on the device (``-1``: the pixel is filled);
-* sharpness and autocontrast repeat torchvision's arithmetic with a cached kernel and ``where``.
+* sharpness, autocontrast and HSV -> RGB repeat torchvision's arithmetic with cached constants and
+  ``where``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _INDEX_MAPS: dict[tuple, Tensor] = {}
-_KERNELS: dict[str, Tensor] = {}
+_KERNELS: dict[tuple[str, str], Tensor] = {}
 
 
 def geometric_index_map(
@@ -50,12 +51,17 @@ def gather_pixels(images: Tensor, source: Tensor, fill: float | Sequence[float] 
     return torch.where(source >= 0, moved, fill_value(fill, c, images)).view(n, c, h, w)
 
 
-def _sharpness_kernel(device: torch.device) -> Tensor:
-    key = str(device)
+def _constant(name: str, values: list, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor on ``device``, copied there once."""
+    key = (name, str(device))
     if key not in _KERNELS:
-        a, b = 1.0 / 13.0, 5.0 / 13.0
-        _KERNELS[key] = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32).to(device)
+        _KERNELS[key] = torch.tensor(values, dtype=dtype).to(device)
     return _KERNELS[key]
+
+
+def _sharpness_kernel(device: torch.device) -> Tensor:
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    return _constant("sharpness", [[a, a, a], [a, b, a], [a, a, a]], torch.float32, device)
 
 
 def adjust_sharpness(images: Tensor, factor: float) -> Tensor:
@@ -80,3 +86,21 @@ def autocontrast(images: Tensor) -> Tensor:
     inv_scale = torch.where(constant, 1.0, (maximum - minimum).mul_(1.0 / 255))
     minimum = torch.where(constant, 0.0, minimum)
     return x.sub_(minimum).div_(inv_scale).clamp_(0, 255).to(images.dtype)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """torchvision's HSV -> RGB of float ``[..., 3, H, W]`` in [0, 1]: sector ``i = floor(6h) mod 6``
+    picks (v, p, q, t) per channel, ``p = v(1 - s)``, ``q = v(1 - s f)``, ``t = v(1 - s(1 - f))``."""
+    h, s, v = hsv.unbind(dim=-3)
+    h6 = h.mul(6)
+    sector = torch.floor(h6)
+    f = h6 - sector
+    sector = sector.to(torch.long).remainder_(6)
+    q = (1.0 - s * f).mul_(v).clamp_(0.0, 1.0)
+    t = (s * f + (1.0 - s)).mul_(v).clamp_(0.0, 1.0)
+    p = (1.0 - s).mul_(v).clamp_(0.0, 1.0)
+    vpqt = torch.stack((v, p, q, t), dim=-3)
+    select = _constant(
+        "hsv_sectors", [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], torch.long, hsv.device
+    )
+    return vpqt.gather(-3, select[:, sector].moveaxis(0, -3))

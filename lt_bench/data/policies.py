@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-# private but stable helpers of torchvision's own adjust_hue
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+# private but stable helper of torchvision's own adjust_hue
+from torchvision.transforms.v2.functional._color import _rgb_to_hsv
 
 from lt_bench.data import graph_ops
 from lt_bench.data.augment import random_hflip
@@ -492,7 +492,7 @@ def adjust_hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     hsv = _rgb_to_hsv(images.float() / 255.0)
     h, s, v = hsv.unbind(1)
     h = (h + factor.view(-1, 1, 1)).remainder_(1.0)
-    rgb = _hsv_to_rgb(torch.stack((h, s, v), 1))
+    rgb = graph_ops.hsv_to_rgb(torch.stack((h, s, v), 1))
     return rgb.mul_(255.0 + 1.0 - 1e-3).to(images.dtype)
 
 
@@ -503,8 +503,8 @@ def color_jitter(
 
     At each of the four positions every sample gets the adjustment its permutation puts there. On
     CPU each adjustment runs on the samples that chose it (index lists; syncs cost nothing there);
-    on other devices it runs on the whole batch and is selected per sample (16 passes instead of
-    4, but no host sync). Both give the same result.
+    on a GPU (``graph_safe_device``) it runs on the whole batch and is selected per sample (16 passes
+    instead of 4, but no host sync). Both give the same result.
     """
     b, dev = images.shape[0], images.device
 
@@ -531,7 +531,7 @@ def color_jitter(
         chosen = order[:, position]
         out = x.clone()
         for k, fn, f in fns:
-            if dev.type == "cpu" and not _SELECT_BY_MASK:
+            if not graph_safe_device(dev):
                 idx = (chosen == k).nonzero().squeeze(1)
                 if idx.numel():
                     out[idx] = fn(x[idx], f[idx])
@@ -539,10 +539,6 @@ def color_jitter(
                 out = torch.where((chosen == k).view(b, 1, 1, 1), fn(x, f), out)
         x = out
     return x
-
-
-# Force the mask-and-select path of ``color_jitter`` on CPU too (for tests).
-_SELECT_BY_MASK = False
 
 
 def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:

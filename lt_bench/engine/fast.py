@@ -84,6 +84,7 @@ class FastEngine:
     ) -> None:
         self.method, self.augment, self.cfg, self.device = method, augment, cfg, device
         self.run_dir = Path(run_dir)
+        method.train_split = train  # methods with per-sample state or a partner pool read it
         self.images = torch.from_numpy(train.images).to(device)
         self.targets = torch.from_numpy(train.targets).long().to(device)
         self.batch_size = int(cfg.data.batch_size)

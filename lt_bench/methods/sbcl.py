@@ -267,7 +267,7 @@ class SBCL(BaseMethod):
     """Two-stage SBCL (module docstring). Options (``method.*``): see configs/method/sbcl.yaml."""
 
     raw_train_batches = True
-    views_capturable = False
+    views_capturable = True  # SimCLR views, then crop + flip: batched tensor ops, graph-safe on a GPU
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
