@@ -77,8 +77,6 @@ CLS_AUGMENTS = ("autoaugment", "randaugment")
 #: smallest distance in ``1 / ‖f̃ − c̃_k‖`` (ours: the official code has no guard)
 MIN_DISTANCE = 1e-12
 
-Box = tuple[int, int, int, int]
-
 
 # --- losses and labels ------------------------------------------------------------------------------
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -149,26 +147,22 @@ def car_labels(mode: str, targets_a: Tensor, soft_label: Tensor) -> Tensor:
 
 
 # --- CutMix -------------------------------------------------------------------------------------------
-def cutmix_box(height: int, width: int, lam: float) -> tuple[Box, float]:
-    """One box ``(top, bottom, left, right)`` and the area-corrected ``λ = 1 − box area / (H W)``.
+def cutmix_box(height: int, width: int, lam: Tensor, cy: Tensor, cx: Tensor) -> tuple[Tensor, Tensor]:
+    """The official ``rand_bbox`` as tensor ops: the box mask ``[H, W]`` and the area-corrected λ.
 
-    As the official ``rand_bbox``: sides ``int(H sqrt(1 − λ))`` and ``int(W sqrt(1 − λ))``, centre uniform
-    over the pixels, ends ``centre ± side // 2`` clipped to the image.
+    Sides ``int(H sqrt(1 − λ))`` and ``int(W sqrt(1 − λ))`` around the centre ``(cy, cx)`` (drawn
+    uniformly over the pixels), ends ``centre ± side // 2`` clipped to the image;
+    ``λ ← 1 − box area / (H W)``.
+    No host sync, so a CUDA graph can hold it.
     """
-    ratio = (1.0 - lam) ** 0.5
-    cut_h, cut_w = int(height * ratio), int(width * ratio)
-    cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))
-    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
-    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
-    return (top, bottom, left, right), 1.0 - (bottom - top) * (right - left) / (height * width)
-
-
-def paste_box(images: Tensor, patches: Tensor, box: Box) -> Tensor:
-    """``images`` ``[B, C, H, W]`` with ``box`` (top, bottom, left, right) taken from ``patches``."""
-    top, bottom, left, right = box
-    mixed = images.clone()
-    mixed[:, :, top:bottom, left:right] = patches[:, :, top:bottom, left:right]
-    return mixed
+    ratio = (1.0 - lam.double()).sqrt()
+    cut_h, cut_w = (height * ratio).floor().long(), (width * ratio).floor().long()
+    top, bottom = (cy - cut_h // 2).clamp(min=0), (cy + cut_h // 2).clamp(max=height)
+    left, right = (cx - cut_w // 2).clamp(min=0), (cx + cut_w // 2).clamp(max=width)
+    rows = torch.arange(height, device=cy.device).view(-1, 1)
+    cols = torch.arange(width, device=cy.device).view(1, -1)
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    return inside, 1.0 - ((bottom - top) * (right - left)).double() / (height * width)
 
 
 # --- image-file views ---------------------------------------------------------------------------------
@@ -223,13 +217,13 @@ def projection_head(dim_in: int, feat_dim: int, hidden: int | None = None) -> nn
 class ConCutMix(BaseMethod):
     """BCL (LA-CE + BalSCL with class centres) with CutMix and semantically consistent labels.
 
-    ``train_views`` builds the three views and draws the CutMix decision, box and partner on the host;
+    ``train_views`` builds the three views and draws the CutMix decision, box and partner on the device;
     ``training_loss(views, targets_a, targets_b, lam, mixed)`` is branch-free on data (an unmixed batch
     has ``lam = 1``, ``mixed = 0`` and ``targets_b = targets_a``).
     """
 
     raw_train_batches = True
-    views_capturable = False
+    views_capturable = True  # AutoAugment / SimCLR views (graph-safe on a GPU), CutMix drawn on the device
 
     def build_model(self) -> None:
         super().build_model()
@@ -239,7 +233,7 @@ class ConCutMix(BaseMethod):
             self.classifier.reset_parameters()  # BCLModel_32's fc keeps PyTorch's default initialisation
         self.head = projection_head(self.backbone.feature_dim, m.feat_dim, m.head_hidden)
         self.center_head = projection_head(self.backbone.feature_dim, m.feat_dim, m.head_hidden)
-        self._partner_pool: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self._partner_pool: tuple[Tensor, ...] | None = None
 
     def _check_options(self) -> None:
         m = self.method_cfg
@@ -294,9 +288,16 @@ class ConCutMix(BaseMethod):
             order = torch.argsort(targets, stable=True)
             starts = counts.cumsum(0) - counts
             images = torch.from_numpy(self.train_split.images).to(device)
-            self._partner_pool = (images, order.to(device), starts.to(device), counts.to(device))
-        images, order, starts, counts = self._partner_pool
-        classes = torch.multinomial((counts > 0).float(), batch, replacement=True)
+            present = torch.nonzero(counts).squeeze(1)  # classes with training images (once)
+            self._partner_pool = (
+                images,
+                order.to(device),
+                starts.to(device),
+                counts.to(device),
+                present.to(device),
+            )
+        images, order, starts, counts, present = self._partner_pool
+        classes = present[torch.randint(len(present), (batch,), device=device)]
         offsets = (torch.rand(batch, device=device) * counts[classes]).long().clamp(max=counts[classes] - 1)
         picked = order[starts[classes] + offsets]
         return images[picked], classes
@@ -324,17 +325,25 @@ class ConCutMix(BaseMethod):
                 "concutmix needs raw uint8 batches (in-memory datasets) or three views per image from its "
                 "file_train_transform; got normalised single views"
             )
-        targets_b, lam, mixed = targets, 1.0, torch.rand(()).item() < self.method_cfg.cutmix_prob
-        if mixed:
-            if images.dtype == torch.uint8:
-                partner, targets_b = self._raw_partner(images, targets)
-            else:
-                idx = self._partner_indices(targets)
-                partner, targets_b = cls_view[idx], targets[idx]
-            box, lam = cutmix_box(cls_view.shape[2], cls_view.shape[3], torch.rand(()).item())
-            cls_view = paste_box(cls_view, partner, box)
-        scalars = torch.tensor([lam, float(mixed)], device=targets.device)
-        return torch.cat([cls_view, view1, view2]), targets, targets_b, scalars[0], scalars[1]
+        if images.dtype == torch.uint8:
+            partner, partner_targets = self._raw_partner(images, targets)
+        else:
+            idx = self._partner_indices(targets)
+            partner, partner_targets = cls_view[idx], targets[idx]
+        # the batch is mixed with probability cutmix_prob; decided on the device (no branch, no sync)
+        device, (height, width) = targets.device, cls_view.shape[2:]
+        mixed = torch.rand((), device=device) < self.method_cfg.cutmix_prob
+        inside, lam = cutmix_box(
+            height,
+            width,
+            torch.rand((), device=device),  # λ ~ Beta(1, 1)
+            torch.randint(height, (), device=device),
+            torch.randint(width, (), device=device),
+        )
+        cls_view = torch.where(mixed & inside, partner, cls_view)
+        targets_b = torch.where(mixed, partner_targets, targets)
+        lam = torch.where(mixed, lam, 1.0).float()
+        return torch.cat([cls_view, view1, view2]), targets, targets_b, lam, mixed.float()
 
     # --- training ------------------------------------------------------------------------------
     def class_weights(self) -> Tensor:
