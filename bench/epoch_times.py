@@ -48,14 +48,7 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
     method = METHODS.get(cfg.method.name)(
         cfg=cfg, train_counts=counts, in_channels=dataset.train.images.shape[-1]
     )
-    augment = BatchAugment(
-        cfg.data.train_augment,
-        cfg.dataset.mean,
-        cfg.dataset.std,
-        cfg.data.crop_padding,
-        cfg.data.rotate_degrees,
-        cfg.data.cutout_size,
-    )
+    augment = BatchAugment.from_config(cfg)
     device = fast_engine_device(cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

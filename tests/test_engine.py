@@ -19,8 +19,9 @@ from lt_bench.data import policies
 from lt_bench.data.augment import BatchAugment
 from lt_bench.data.base import ArraySplit, FileSplit
 from lt_bench.engine.choice import choose_engine
-from lt_bench.engine.fast import CAPTURABLE_AUGMENTS, FastEngine, epoch_permutation, limited
+from lt_bench.engine.fast import CAPTURABLE_AUGMENTS, FastEngine, epoch_permutation
 from lt_bench.engine.sgd import GraphSGD
+from lt_bench.methods.base import BaseMethod, limited_batches
 from lt_bench.registry import METHODS
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -65,13 +66,8 @@ def test_epoch_order_is_the_distributed_samplers() -> None:
 
 
 def test_limited_batches_follow_lightning() -> None:
-    assert [limited(None, 10), limited(3, 10), limited(30, 10), limited(0.25, 10), limited(1.0, 10)] == [
-        10,
-        3,
-        10,
-        2,
-        10,
-    ]
+    cases = [(None, 10), (3, 10), (30, 10), (0.25, 10), (1.0, 10)]
+    assert [limited_batches(limit, total) for limit, total in cases] == [10, 3, 10, 2, 10]
 
 
 def _epoch_losses(run: Path, engine: str) -> list[float]:
@@ -132,6 +128,14 @@ def _synthetic(n: int = 70, classes: int = 4, size: int = 16) -> ArraySplit:
     return ArraySplit(images, targets)
 
 
+def _method_and_augment(cfg, split: ArraySplit) -> tuple[BaseMethod, BatchAugment]:
+    """The configured method for ``split``'s class counts, and the run's batch augmentation."""
+    counts = np.bincount(split.targets, minlength=4).tolist()
+    return METHODS.get(cfg.method.name)(
+        cfg=cfg, train_counts=counts, in_channels=3
+    ), BatchAugment.from_config(cfg)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -155,9 +159,7 @@ def test_fast_engine_runs_methods_with_views_and_variants(overrides: list[str], 
     )
     if "drw_epoch" in cfg.method:
         cfg.method.drw_epoch = 2
-    counts = np.bincount(split.targets, minlength=4)
-    method = METHODS.get(cfg.method.name)(cfg=cfg, train_counts=counts.tolist(), in_channels=3)
-    augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
+    method, augment = _method_and_augment(cfg, split)
     engine = FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path)
     summary = engine.fit()
     assert summary.step_mode == "eager" and summary.train_images == 4 * 70
@@ -185,12 +187,10 @@ def test_cuda_graph_steps_match_eager_steps(experiment: str, tmp_path: Path) -> 
     cfg = compose([f"experiment={experiment}", "trainer.max_epochs=3", "data.batch_size=64"])
     if "drw_epoch" in cfg.method:
         cfg.method.drw_epoch = 1
-    counts = np.bincount(split.targets, minlength=4).tolist()
     losses = {}
     for graphs in (False, True):
         torch.manual_seed(0)
-        method = METHODS.get(cfg.method.name)(cfg=cfg, train_counts=counts, in_channels=3)
-        augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
+        method, augment = _method_and_augment(cfg, split)
         run = tmp_path / str(graphs)
         summary = FastEngine(method, split, augment, cfg, torch.device("cuda"), run, use_graphs=graphs).fit()
         assert summary.step_mode.startswith("graph") == graphs, summary.notes
@@ -212,10 +212,7 @@ def test_fast_engine_follows_the_methods_batch_size_per_epoch(tmp_path: Path) ->
             "trainer.max_epochs=2",
         ]
     )
-    counts = np.bincount(split.targets, minlength=4).tolist()
-    method = METHODS.get("sbcl")(cfg=cfg, train_counts=counts, in_channels=3)
-    method.train_split = split
-    augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
+    method, augment = _method_and_augment(cfg, split)
     FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path).fit()
     with (tmp_path / "train_log.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -263,9 +260,7 @@ def test_fast_engine_bf16_autocast_and_channels_last(tmp_path: Path) -> None:
             "optim.lr=0.05",
         ]
     )
-    counts = np.bincount(split.targets, minlength=4).tolist()
-    method = METHODS.get("ce")(cfg=cfg, train_counts=counts, in_channels=3)
-    augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
+    method, augment = _method_and_augment(cfg, split)
     engine = FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path)
     assert engine.autocast and next(p for p in method.parameters() if p.dim() == 4).is_contiguous(
         memory_format=torch.channels_last
@@ -301,13 +296,11 @@ def test_steps_marked_capturable_never_read_back_to_the_host(case: str, monkeypa
     monkeypatch.setattr(policies, "graph_safe_device", lambda device: True)
     split = _synthetic(n=16, size=32)
     cfg = compose([*CAPTURE_CASES[case], "data.batch_size=8"])
-    counts = np.bincount(split.targets, minlength=4).tolist()
-    method = METHODS.get(cfg.method.name)(cfg=cfg, train_counts=counts, in_channels=3)
+    method, augment = _method_and_augment(cfg, split)
     method.train_split = split
     method.train()
     images, targets = torch.from_numpy(split.images[:8]), torch.from_numpy(split.targets[:8]).long()
     method.batch_indices = torch.arange(8)
-    augment = BatchAugment(cfg.data.train_augment, cfg.dataset.mean, cfg.dataset.std)
     raw = method.raw_train_batches
     views_capturable = method.views_capturable if raw else augment.name in CAPTURABLE_AUGMENTS
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from lt_bench.data.graph_ops import device_constant
 from lt_bench.errors import ConfigError
 
 AUGMENTATIONS = (
@@ -69,26 +71,11 @@ def random_rotation(images: torch.Tensor, degrees: float) -> torch.Tensor:
     return rotated.permute(0, 2, 3, 1).to(images.dtype)
 
 
-_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _channel_stats(
-    mean: Sequence[float], std: Sequence[float], device: torch.device
-) -> tuple[torch.Tensor, ...]:
-    """``mean`` and ``std`` as ``[1, C, 1, 1]`` tensors on ``device``, made once (a CUDA graph
-    capturing the normalisation must not copy them from the host)."""
-    key = (tuple(mean), tuple(std), str(device))
-    if key not in _STATS:
-        _STATS[key] = tuple(
-            torch.as_tensor(v, dtype=torch.float, device=device).view(1, -1, 1, 1) for v in (mean, std)
-        )
-    return _STATS[key]
-
-
 def to_normalized_nchw(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 ``[B, H, W, C]`` -> float ``[B, C, H, W]``, ``(x / 255 - mean) / std``."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t, std_t = _channel_stats(mean, std, x.device)
+    # made once per device: a CUDA graph capturing the normalisation must not copy them from the host
+    mean_t, std_t = (device_constant(list(v), torch.float, x.device).view(1, -1, 1, 1) for v in (mean, std))
     return (x - mean_t) / std_t
 
 
@@ -108,6 +95,19 @@ class BatchAugment:
             raise ConfigError(f"unknown data.train_augment '{name}'; valid: {', '.join(AUGMENTATIONS)}")
         self.name, self.mean, self.std, self.padding = name, list(mean), list(std), padding
         self.rotate_degrees, self.cutout_size = rotate_degrees, cutout_size
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> BatchAugment:
+        """The training augmentation of a run config (``data.*``, ``dataset.mean`` / ``dataset.std``)."""
+        data = cfg.data
+        return cls(
+            data.train_augment,
+            cfg.dataset.mean,
+            cfg.dataset.std,
+            data.crop_padding,
+            data.rotate_degrees,
+            data.cutout_size,
+        )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from lt_bench.data import policies  # policies imports this module

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _INDEX_MAPS: dict[tuple, Tensor] = {}
-_KERNELS: dict[tuple[str, str], Tensor] = {}
+_CONSTANTS: dict[tuple[str, torch.dtype, str], Tensor] = {}
 
 
 def geometric_index_map(
@@ -40,7 +40,7 @@ def fill_value(fill: float | Sequence[float] | None, channels: int, images: Tens
     if fill is None or not isinstance(fill, Sequence):
         value = torch.full((1, channels, 1), float(fill or 0.0), device=images.device)
     else:
-        value = torch.as_tensor(fill, dtype=torch.float32, device=images.device).view(1, -1, 1)
+        value = device_constant(list(fill), torch.float32, images.device).view(1, -1, 1)
     return value.round().to(images.dtype) if not images.is_floating_point() else value.to(images.dtype)
 
 
@@ -51,17 +51,18 @@ def gather_pixels(images: Tensor, source: Tensor, fill: float | Sequence[float] 
     return torch.where(source >= 0, moved, fill_value(fill, c, images)).view(n, c, h, w)
 
 
-def _constant(name: str, values: list, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A small constant tensor on ``device``, copied there once."""
-    key = (name, str(device))
-    if key not in _KERNELS:
-        _KERNELS[key] = torch.tensor(values, dtype=dtype).to(device)
-    return _KERNELS[key]
+def device_constant(values: Sequence, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.tensor(values, dtype)`` on ``device``, copied there once per (values, dtype, device):
+    a CUDA graph must not copy from the host, and each call would cost a copy."""
+    key = (repr(values), dtype, str(device))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(values, dtype=dtype).to(device)
+    return _CONSTANTS[key]
 
 
 def _sharpness_kernel(device: torch.device) -> Tensor:
     a, b = 1.0 / 13.0, 5.0 / 13.0
-    return _constant("sharpness", [[a, a, a], [a, b, a], [a, a, a]], torch.float32, device)
+    return device_constant([[a, a, a], [a, b, a], [a, a, a]], torch.float32, device)
 
 
 def adjust_sharpness(images: Tensor, factor: float) -> Tensor:
@@ -100,7 +101,7 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
     t = (s * f + (1.0 - s)).mul_(v).clamp_(0.0, 1.0)
     p = (1.0 - s).mul_(v).clamp_(0.0, 1.0)
     vpqt = torch.stack((v, p, q, t), dim=-3)
-    select = _constant(
-        "hsv_sectors", [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], torch.long, hsv.device
+    select = device_constant(
+        [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], torch.long, hsv.device
     )
     return vpqt.gather(-3, select[:, sector].moveaxis(0, -3))

@@ -381,7 +381,7 @@ def cutout(images: torch.Tensor, size: int = 16, fill: Fill = None) -> torch.Ten
     if fill is None or not isinstance(fill, Sequence):  # a fill kernel, no host-to-device copy
         value = torch.full((c,), round(float(fill or 0)), dtype=images.dtype, device=images.device)
     else:
-        value = torch.as_tensor(fill, device=images.device).round().to(images.dtype)
+        value = graph_ops.device_constant(list(fill), torch.float32, images.device).round().to(images.dtype)
     return torch.where(hole.unsqueeze(-1), value, images)
 
 

@@ -31,8 +31,8 @@ from torch import Tensor
 from lt_bench.data.augment import BatchAugment
 from lt_bench.data.base import ArraySplit
 from lt_bench.engine.sgd import GraphSGD
-from lt_bench.errors import ConfigError, NonFiniteLossError
-from lt_bench.methods.base import BaseMethod
+from lt_bench.errors import ConfigError
+from lt_bench.methods.base import BaseMethod, limited_batches
 
 #: augmentations made only of graph-safe tensor ops (no host sync, fixed shapes)
 CAPTURABLE_AUGMENTS = ("none", "crop_flip", "crop_flip_rotate", "crop_flip_cutout")
@@ -51,15 +51,6 @@ class FitSummary:
     notes: list[str] = field(default_factory=list)
     #: wall seconds of each epoch this process ran (its end is synchronised by reading the loss)
     epoch_seconds: list[float] = field(default_factory=list)
-
-
-def limited(limit: int | float | None, total: int) -> int:
-    """Lightning's ``limit_*_batches``: an int caps the count, a float is a fraction."""
-    if limit is None:
-        return total
-    if isinstance(limit, float) and limit <= 1.0:
-        return int(total * limit)
-    return min(total, int(limit))
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
@@ -106,7 +97,6 @@ class FastEngine:
         self.loss_sum = torch.zeros((), device=device)
         self.term_sums: dict[str, Tensor] = {}
         self.step_count = torch.zeros((), dtype=torch.long, device=device)
-        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.graphs: dict[tuple[Hashable, int], Any] = {}
         self.variant: Hashable = object()  # step_variant() of the epoch running
         self.active_terms: set[str] = set()  # loss terms the current variant returns
@@ -151,9 +141,8 @@ class FastEngine:
         self.optimizer.step()
         loss = loss.detach()
         self.step_count += 1
-        bad = ~torch.isfinite(loss)
-        first = torch.where(bad & (self.first_bad_step < 0), self.step_count - 1, self.first_bad_step)
-        self.first_bad_step.copy_(first)
+        first_bad = self.method.first_nonfinite_step  # raise_if_nonfinite reads it at the epoch's end
+        first_bad.copy_(torch.where(~torch.isfinite(loss) & (first_bad < 0), self.step_count - 1, first_bad))
         self.loss_sum += loss
         self.active_terms.update(terms)
         for name, value in terms.items():
@@ -252,7 +241,9 @@ class FastEngine:
             if variant != self.variant:
                 self.variant, self.active_terms = variant, set()
             batch_size = self.method.train_batch_size(self.batch_size)
-            batches = limited(self.cfg.trainer.get("limit_train_batches"), -(-num_samples // batch_size))
+            batches = limited_batches(
+                self.cfg.trainer.get("limit_train_batches"), -(-num_samples // batch_size)
+            )
             self.loss_sum.zero_()
             for value in self.term_sums.values():
                 value.zero_()
@@ -287,13 +278,7 @@ class FastEngine:
 
     def _end_epoch(self, epoch: int, applied_steps: int) -> None:
         """Check the loss (one host sync per epoch), log the epoch, write the checkpoint."""
-        bad = int(self.first_bad_step)
-        if bad >= 0:
-            raise NonFiniteLossError(
-                f"method '{self.cfg.method.name}' produced a non-finite loss at training step {bad} "
-                f"(epoch {epoch}); lower optim.lr, check the data, or set train.nonfinite_loss=skip "
-                "to skip such steps"
-            )
+        self.method.raise_if_nonfinite()
         done = max(applied_steps, 1)
         lrs = self.optimizer.lrs()
         row = {"epoch": epoch, "step": int(self.step_count), "lr": lrs[0]}

@@ -9,7 +9,7 @@ extra stage). ``forward`` returns one output structure for every method: ``logit
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import lightning as L
@@ -26,6 +26,16 @@ from lt_bench.registry import BACKBONES
 from lt_bench.schedules import lr_factor
 
 Outputs = dict[str, Tensor]
+
+
+def limited_batches(limit: int | float | None, total: int) -> int:
+    """Batches of a pass under Lightning's ``limit_*_batches``: an int caps the count, a float in
+    [0, 1] is a fraction, ``None`` is no limit."""
+    if limit is None:
+        return total
+    if isinstance(limit, float):
+        return min(total, int(limit * total)) if limit < 1.0 else total
+    return min(total, int(limit))
 
 
 def reseed(seed: int) -> None:
@@ -214,6 +224,12 @@ class BaseMethod(L.LightningModule):
         """Optimizer parameter groups; methods with per-group learning rates override this."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def lr_factors(self) -> Callable[[int], float] | list[Callable[[int], float]]:
+        """Learning-rate multiplier per epoch (``schedule.*``), or one per parameter group."""
+        return lr_factor(
+            OmegaConf.to_container(self.cfg.schedule), self.cfg.optim.lr, self.cfg.trainer.max_epochs
+        )
+
     def configure_optimizers(self) -> Any:
         optim = self.cfg.optim
         if optim.name != "sgd":
@@ -225,8 +241,7 @@ class BaseMethod(L.LightningModule):
             weight_decay=optim.weight_decay,
             nesterov=optim.nesterov,
         )
-        factor = lr_factor(OmegaConf.to_container(self.cfg.schedule), optim.lr, self.cfg.trainer.max_epochs)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factors())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # --- evaluation --------------------------------------------------------------------------

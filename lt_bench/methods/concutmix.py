@@ -325,6 +325,8 @@ class ConCutMix(BaseMethod):
                 "concutmix needs raw uint8 batches (in-memory datasets) or three views per image from its "
                 "file_train_transform; got normalised single views"
             )
+        # the partner views are built for every batch, mixed or not: a fixed amount of work keeps the
+        # step one CUDA graph (the host-side decision of the official code would need a branch)
         if images.dtype == torch.uint8:
             partner, partner_targets = self._raw_partner(images, targets)
         else:

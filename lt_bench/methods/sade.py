@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from lt_bench.data.augment import to_normalized_nchw
 from lt_bench.data.base import ArraySplit, Split
 from lt_bench.errors import ConfigError
-from lt_bench.methods.base import BaseMethod, Outputs
+from lt_bench.methods.base import BaseMethod, Outputs, limited_batches
 from lt_bench.metrics import LTMetrics
 from lt_bench.models.multi_expert import build_multi_expert
 from lt_bench.registry import register_method
@@ -207,13 +207,6 @@ def learn_aggregation_weights(
         if bool((raw.detach().softmax(dim=0) < min_weight).any()):
             break
     return raw.detach().softmax(dim=0), passes
-
-
-def limited_batches(limit: int | float, total: int) -> int:
-    """Batches of a pass under Lightning's ``limit_test_batches`` (an int count or a fraction)."""
-    if isinstance(limit, float):
-        return min(total, int(limit * total)) if limit < 1.0 else total
-    return min(total, int(limit))
 
 
 @register_method(

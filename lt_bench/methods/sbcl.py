@@ -455,20 +455,6 @@ class SBCL(BaseMethod):
         second = warmup_step(m.stage2_warmup_epochs, m.stage2_milestones, m.stage2_gamma)
         return [lambda e: first(e) if e < s1 else 0.0, lambda e: 0.0 if e < s1 else second(e - s1)]
 
-    def configure_optimizers(self) -> Any:
-        optim = self.cfg.optim
-        if optim.name != "sgd":
-            raise ConfigError(f"unknown optim.name '{optim.name}'; valid: sgd")
-        optimizer = torch.optim.SGD(
-            self.parameter_groups(),
-            lr=optim.lr,
-            momentum=optim.momentum,
-            weight_decay=optim.weight_decay,
-            nesterov=optim.nesterov,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factors())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
     # --- record --------------------------------------------------------------------------------
     def record_extras(self) -> dict[str, Any]:
         """Stage lengths, subclass counts, the last clustering's temperatures and k-means distance."""
