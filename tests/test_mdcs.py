@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from omegaconf import OmegaConf
+from training_steps import fixed_batch_losses
 
 import lt_bench.methods.mdcs  # noqa: F401  (registers "mdcs")
 from lt_bench.config import compose
@@ -207,14 +208,7 @@ def test_a_few_cpu_steps_lower_the_loss() -> None:
     targets = torch.tensor([0, 0, 0, 1, 1, 2, 3, 0])
     views = torch.cat([method.weak_view(images), method.strong_view(images)])  # fixed views
     labels = torch.cat([targets, targets])
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.02, momentum=0.9)
-    losses = []
-    for _ in range(8):
-        loss = method.compute_loss(method(views), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(method, views, labels, steps=8, lr=0.02)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.7 * losses[0]
 

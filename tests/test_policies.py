@@ -113,29 +113,23 @@ def test_mixed_actions_go_to_the_right_samples() -> None:
     assert torch.equal(ours, ref)
 
 
+POLICIES = {  # name: (draw the actions as the policy does, apply the policy)
+    "autoaugment": (lambda device: P.sample_autoaugment_cifar10(64, 32, 32, device), P.autoaugment_cifar10),
+    "randaugment": (
+        lambda device: P.sample_randaugment(64, 2, 10, 31, 32, 32, device),
+        lambda images: P.randaugment(images, num_ops=2, magnitude=10),
+    ),
+}
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("device", DEVICES)
-def test_autoaugment_end_to_end_equals_torchvision_given_the_draws(device: str) -> None:
+def test_policy_end_to_end_equals_torchvision_given_the_draws(policy: str, device: str) -> None:
+    sample, transform = POLICIES[policy]
     images = make_images(64).permute(0, 2, 3, 1).contiguous().to(device)
     with torch.random.fork_rng(devices=[0] if device == "cuda" else []):
-        table, _, actions = P.sample_autoaugment_cifar10(64, 32, 32, device)  # the GPU path draws there
-    out = P.autoaugment_cifar10(images)  # same draws
-    assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device
-
-    def chain(i: int, image: torch.Tensor) -> torch.Tensor:
-        for slot in range(2):
-            image = torchvision_op(image, *table[actions[slot, i]])
-        return image
-
-    ref = per_image(images.permute(0, 3, 1, 2).cpu(), chain)
-    assert torch.equal(out.cpu(), ref.permute(0, 2, 3, 1))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_randaugment_end_to_end_equals_torchvision_given_the_draws(device: str) -> None:
-    images = make_images(64).permute(0, 2, 3, 1).contiguous().to(device)
-    with torch.random.fork_rng(devices=[0] if device == "cuda" else []):
-        table, _, actions = P.sample_randaugment(64, 2, 10, 31, 32, 32, device)  # the GPU path draws there
-    out = P.randaugment(images, num_ops=2, magnitude=10)
+        table, _, actions = sample(device)  # the GPU path draws there, the CPU path on the CPU
+    out = transform(images)  # same draws
     assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device
 
     def chain(i: int, image: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from scipy.special import digamma
 from sklearn.metrics import roc_auc_score
+from training_steps import fixed_batch_losses
 
 import lt_bench.methods.tlc  # noqa: F401  (registers "tlc")
 from lt_bench.config import compose
@@ -278,14 +279,7 @@ def test_a_few_cpu_steps_lower_the_loss() -> None:
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
     # experts 1-2 engage only the few samples with w_k / max w_k > 0.54, so the loss is noisy at
     # larger learning rates; a small one fits the fixed batch steadily
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
-    losses = []
-    for _ in range(10):
-        loss = method.compute_loss(method(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(method, x, y, steps=10, lr=0.01)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0]
 

@@ -32,6 +32,21 @@ def sgd_losses(
     return losses
 
 
+def fixed_batch_losses(
+    method, images: torch.Tensor, targets: torch.Tensor, steps: int, lr: float
+) -> list[float]:
+    """``steps`` steps of SGD (momentum 0.9) on one fixed batch with the method's own loss; the losses."""
+    optimizer = torch.optim.SGD(method.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        loss = method.compute_loss(method(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def assert_loss_drops(losses: list[float], factor: float = 0.7) -> None:
     """Finite losses whose last three average below ``factor`` times the first three."""
     assert all(math.isfinite(v) for v in losses)
