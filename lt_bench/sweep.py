@@ -1,5 +1,7 @@
 """Grids of runs as parallel ``lt-bench run`` processes sharing the GPUs of one node.
 
+Each new process goes to the GPU with the fewest running processes of the sweep.
+
 ``lt-bench sweep cifar10_lt/ce cifar10_lt/ldam_drw seeds=0,1,2 dataset.imbalance_factor=100,10``
 expands to one run per (experiment, seed, value combination). Runs whose record exists are skipped
 (``lt-bench run`` itself checks), so an interrupted sweep continues where it stopped.
@@ -17,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -86,23 +89,26 @@ def _sweep(experiments: list[str], overrides: list[str], parallel: int) -> list[
     records = [Path(c.output_dir) / (c.run_id or default_run_id(c)) / RECORD_FILE for c in configs]
     todo = [(item, rec) for item, rec in zip(grid, records, strict=True) if not rec.exists()]
     print(f"sweep: {len(grid)} runs, {len(grid) - len(todo)} already complete, {len(todo)} to run")
-    gpus = torch.cuda.device_count()
+    gpus = visible_gpus()
     threads = max(1, (os.cpu_count() or 1) // max(parallel, 1))
-    running: list[tuple[subprocess.Popen, Path, Path]] = []
+    running: list[Running] = []
     failed: list[str] = []
-    for index, (item, record) in enumerate(todo):
+    for item, record in todo:
         while len(running) >= parallel:
             running = _reap(running, failed)
             time.sleep(1)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        gpu = least_loaded(gpus, [r.gpu for r in running]) if len(gpus) > 1 else None
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         log = record.parent.with_name(record.parent.name + ".log")
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "lt_bench", "run", *item, "logger.progress_bar=false"]
         with log.open("w") as fh:
-            running.append((subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT), record, log))
-        print(f"started {' '.join(item)} (log {log})", flush=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        running.append(Running(proc, record, log, gpu))
+        where = f" on GPU {gpu}" if gpu is not None else ""
+        print(f"started {' '.join(item)}{where} (log {log})", flush=True)
     while running:
         running = _reap(running, failed)
         time.sleep(1)
@@ -111,14 +117,36 @@ def _sweep(experiments: list[str], overrides: list[str], parallel: int) -> list[
     return records
 
 
-def _reap(running: list[tuple[subprocess.Popen, Path, Path]], failed: list[str]) -> list:
+def visible_gpus() -> list[str]:
+    """The GPUs a sweep may place runs on: the entries of its own ``CUDA_VISIBLE_DEVICES`` (so
+    ``CUDA_VISIBLE_DEVICES=1,2 lt-bench sweep ...`` keeps to GPUs 1 and 2), else ``0 .. n-1``."""
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [entry.strip() for entry in listed.split(",") if entry.strip()][:count]
+
+
+def least_loaded(gpus: list[str], busy: list[str | None]) -> str:
+    """The GPU with the fewest running processes (the first such in ``gpus``)."""
+    return min(gpus, key=lambda gpu: (busy.count(gpu), gpus.index(gpu)))
+
+
+class Running(NamedTuple):
+    proc: subprocess.Popen
+    record: Path
+    log: Path
+    gpu: str | None
+
+
+def _reap(running: list[Running], failed: list[str]) -> list[Running]:
     still = []
-    for proc, record, log in running:
-        code = proc.poll()
+    for run in running:
+        code = run.proc.poll()
         if code is None:
-            still.append((proc, record, log))
-        elif code != 0 or not record.exists():
-            failed.append(str(log))
+            still.append(run)
+        elif code != 0 or not run.record.exists():
+            failed.append(str(run.log))
         else:
-            print(f"finished {record}", flush=True)
+            print(f"finished {run.record}", flush=True)
     return still

@@ -1,15 +1,18 @@
-"""``lt-bench sweep --mps``: the CUDA MPS daemon around a sweep."""
+"""``lt-bench sweep``: the grid, GPU placement, skipping finished runs, failures, the MPS daemon."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
+import torch
+from fmnist_runs import require_fashion_mnist, small_run
 
 from lt_bench.cli import main
-from lt_bench.sweep import mps_daemon
+from lt_bench.sweep import expand, least_loaded, mps_daemon, visible_gpus
 
 FAKE_CONTROL = """#!/bin/sh
 # stands in for nvidia-cuda-mps-control: records its arguments, stdin and pipe folder
@@ -39,3 +42,55 @@ def test_mps_daemon_starts_and_quits_around_the_block(tmp_path: Path, monkeypatc
     start, stop = log.read_text().splitlines()
     assert start.startswith("args=-d ") and f"pipe={pipe}" in start
     assert stop.startswith("args= ") and stop.endswith("stdin=quit")
+
+
+def test_grid_is_experiments_times_seeds_times_listed_values() -> None:
+    grid = expand(["fashion_mnist_lt/ce", "fashion_mnist_lt/ldam_drw"], ["seeds=0,1", "data.batch_size=64"])
+    assert grid == [
+        ["experiment=fashion_mnist_lt/ce", "seed=0", "data.batch_size=64"],
+        ["experiment=fashion_mnist_lt/ce", "seed=1", "data.batch_size=64"],
+        ["experiment=fashion_mnist_lt/ldam_drw", "seed=0", "data.batch_size=64"],
+        ["experiment=fashion_mnist_lt/ldam_drw", "seed=1", "data.batch_size=64"],
+    ]
+    # a bracketed list is one value, not an axis
+    assert expand(["x"], ["schedule.milestones=[1,2]"]) == [["experiment=x", "schedule.milestones=[1,2]"]]
+
+
+def test_new_runs_go_to_the_least_busy_gpu_of_those_the_sweep_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2,3")
+    gpus = visible_gpus()
+    assert gpus == ["1", "2", "3"]  # physical ids, as the children must name them
+    busy: list[str | None] = []
+    for _ in range(7):
+        busy.append(least_loaded(gpus, busy))
+    assert busy == ["1", "2", "3", "1", "2", "3", "1"]
+    busy.remove("2")  # a run on GPU 2 finished
+    busy.remove("2")
+    assert least_loaded(gpus, busy) == "2"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus() == ["0", "1", "2"]
+
+
+def test_sweep_runs_the_grid_in_parallel_then_skips_it(tmp_path: Path, capsys) -> None:
+    require_fashion_mnist()
+    overrides = [*small_run(tmp_path)[1:], "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    overrides = [o for o in overrides if not o.startswith("run_id=")]
+    assert main(["sweep", "fashion_mnist_lt/ce", "seeds=0,1", *overrides, "--parallel", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs, 0 already complete, 2 to run" in out
+    records = sorted(tmp_path.glob("*/record.json"))
+    assert [json.loads(r.read_text())["config"]["seed"] for r in records] == [0, 1]
+    assert "| fashion_mnist_lt |" in out  # the table of the grid
+    assert main(["sweep", "fashion_mnist_lt/ce", "seeds=0,1", *overrides]) == 0
+    assert "2 runs, 2 already complete, 0 to run" in capsys.readouterr().out
+
+
+def test_a_failed_run_fails_the_sweep_and_names_its_log(tmp_path: Path, capsys) -> None:
+    overrides = [f"output_dir={tmp_path}", "dataset.root=/nonexistent/fashion", "trainer.accelerator=cpu"]
+    assert main(["sweep", "fashion_mnist_lt/ce", "seeds=0", *overrides]) == 2
+    err = capsys.readouterr().err
+    logs = list(tmp_path.glob("*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err and "1 run(s) failed" in err
