@@ -42,16 +42,16 @@ def expand(experiments: list[str], overrides: list[str]) -> list[list[str]]:
 
 
 @contextmanager
-def mps_daemon(enabled: bool) -> Iterator[None]:
-    """A CUDA MPS control daemon for the duration of the block (``enabled``), with its pipe and log
-    folders in a temporary directory; child processes reach it through the environment.
+def mps_daemons(gpus: list[str | None]) -> Iterator[dict[str | None, dict[str, str]]]:
+    """One CUDA MPS control daemon per GPU for the duration of the block; yields, per GPU, the
+    environment a client process needs to reach that GPU's daemon.
 
     Without MPS a GPU time-slices between processes, so small-kernel runs (ResNet-32 at batch 128)
-    gain little from running in parallel; with it their kernels share the GPU at once.
+    gain little from running in parallel; with it their kernels share the GPU at once. Each daemon
+    sees only its GPU (``CUDA_VISIBLE_DEVICES``) and has its own pipe and log folders; clients set
+    no ``CUDA_VISIBLE_DEVICES`` (NVIDIA's MPS guide) and see that one GPU. ``None``: the GPU(s) the
+    sweep itself sees.
     """
-    if not enabled:
-        yield
-        return
     control = shutil.which("nvidia-cuda-mps-control")
     if control is None:
         raise ConfigError(
@@ -59,37 +59,51 @@ def mps_daemon(enabled: bool) -> Iterator[None]:
             "install them or run without --mps"
         )
     with tempfile.TemporaryDirectory(prefix="lt-bench-mps-") as tmp:
-        dirs = {"CUDA_MPS_PIPE_DIRECTORY": Path(tmp, "pipe"), "CUDA_MPS_LOG_DIRECTORY": Path(tmp, "log")}
-        for folder in dirs.values():
-            folder.mkdir()
-        saved = {key: os.environ.get(key) for key in dirs}
-        os.environ.update({key: str(folder) for key, folder in dirs.items()})
+        clients: dict[str | None, dict[str, str]] = {}
+        started: list[dict[str, str]] = []
         try:
-            subprocess.run([control, "-d"], check=True)
-            yield
+            for gpu in gpus:
+                tag = "all" if gpu is None else gpu
+                client = {
+                    "CUDA_MPS_PIPE_DIRECTORY": str(Path(tmp, f"pipe-{tag}")),
+                    "CUDA_MPS_LOG_DIRECTORY": str(Path(tmp, f"log-{tag}")),
+                }
+                for folder in client.values():
+                    Path(folder).mkdir()
+                daemon = {**os.environ, **client}
+                if gpu is not None:
+                    daemon["CUDA_VISIBLE_DEVICES"] = gpu
+                subprocess.run([control, "-d"], env=daemon, check=True)
+                started.append(daemon)
+                clients[gpu] = client
+            yield clients
         finally:
-            subprocess.run([control], input="quit\n", text=True, check=False)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            for daemon in started:
+                subprocess.run([control], input="quit\n", text=True, env=daemon, check=False)
 
 
 def sweep(experiments: list[str], overrides: list[str], parallel: int = 1, mps: bool = False) -> list[Path]:
-    """Run the grid with at most ``parallel`` processes (under a CUDA MPS daemon when ``mps``);
+    """Run the grid with at most ``parallel`` processes (under CUDA MPS daemons when ``mps``);
     returns the records' paths."""
-    with mps_daemon(mps):
-        return _sweep(experiments, overrides, parallel)
+    gpus = visible_gpus()
+    if not mps:
+        return _sweep(experiments, overrides, parallel, gpus, {})
+    with mps_daemons(gpus if len(gpus) > 1 else [None]) as clients:
+        return _sweep(experiments, overrides, parallel, gpus, clients)
 
 
-def _sweep(experiments: list[str], overrides: list[str], parallel: int) -> list[Path]:
+def _sweep(
+    experiments: list[str],
+    overrides: list[str],
+    parallel: int,
+    gpus: list[str],
+    mps_clients: dict[str | None, dict[str, str]],
+) -> list[Path]:
     grid = expand(experiments, overrides)
     configs = [compose(item) for item in grid]  # fail on a bad key before anything starts
     records = [Path(c.output_dir) / (c.run_id or default_run_id(c)) / RECORD_FILE for c in configs]
     todo = [(item, rec) for item, rec in zip(grid, records, strict=True) if not rec.exists()]
     print(f"sweep: {len(grid)} runs, {len(grid) - len(todo)} already complete, {len(todo)} to run")
-    gpus = visible_gpus()
     threads = max(1, (os.cpu_count() or 1) // max(parallel, 1))
     running: list[Running] = []
     failed: list[str] = []
@@ -99,7 +113,10 @@ def _sweep(experiments: list[str], overrides: list[str], parallel: int) -> list[
             time.sleep(1)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         gpu = least_loaded(gpus, [r.gpu for r in running]) if len(gpus) > 1 else None
-        if gpu is not None:
+        if mps_clients:
+            env.pop("CUDA_VISIBLE_DEVICES", None)
+            env.update(mps_clients[gpu])
+        elif gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         log = record.parent.with_name(record.parent.name + ".log")
         log.parent.mkdir(parents=True, exist_ok=True)

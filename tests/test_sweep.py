@@ -12,11 +12,11 @@ import torch
 from fmnist_runs import require_fashion_mnist, small_run
 
 from lt_bench.cli import main
-from lt_bench.sweep import expand, least_loaded, mps_daemon, visible_gpus
+from lt_bench.sweep import expand, least_loaded, mps_daemons, visible_gpus
 
 FAKE_CONTROL = """#!/bin/sh
-# stands in for nvidia-cuda-mps-control: records its arguments, stdin and pipe folder
-echo "args=$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat -)" >> "{log}"
+# stands in for nvidia-cuda-mps-control: records its arguments, stdin, pipe folder and GPUs
+echo "args=$* pipe=$CUDA_MPS_PIPE_DIRECTORY gpus=$CUDA_VISIBLE_DEVICES stdin=$(cat -)" >> "{log}"
 """
 
 
@@ -27,21 +27,27 @@ def test_mps_without_the_control_binary_is_a_clear_error(monkeypatch: pytest.Mon
     assert err.count("\n") == 1 and "nvidia-cuda-mps-control" in err and "without --mps" in err
 
 
-def test_mps_daemon_starts_and_quits_around_the_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_one_mps_daemon_per_gpu_starts_and_quits_around_the_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "calls.log"
     control = tmp_path / "bin" / "nvidia-cuda-mps-control"
     control.parent.mkdir()
     control.write_text(FAKE_CONTROL.format(log=log))
     control.chmod(control.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{control.parent}:{os.environ['PATH']}")
-    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
-    with mps_daemon(True):
-        pipe = os.environ["CUDA_MPS_PIPE_DIRECTORY"]  # what the sweep's child processes inherit
-        assert Path(pipe).is_dir()
-    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
-    start, stop = log.read_text().splitlines()
-    assert start.startswith("args=-d ") and f"pipe={pipe}" in start
-    assert stop.startswith("args= ") and stop.endswith("stdin=quit")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")
+    with mps_daemons(["5", "6"]) as clients:
+        pipes = {gpu: env["CUDA_MPS_PIPE_DIRECTORY"] for gpu, env in clients.items()}
+        assert set(pipes) == {"5", "6"} and pipes["5"] != pipes["6"]
+        assert all(Path(p).is_dir() for p in pipes.values())
+        assert all("CUDA_VISIBLE_DEVICES" not in env for env in clients.values())  # clients name no GPU
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ  # the sweep's own environment is untouched
+    start5, start6, stop5, stop6 = log.read_text().splitlines()
+    assert start5.startswith("args=-d ") and f"pipe={pipes['5']} gpus=5 " in start5
+    assert start6.startswith("args=-d ") and f"pipe={pipes['6']} gpus=6 " in start6
+    assert stop5 == f"args= pipe={pipes['5']} gpus=5 stdin=quit"
+    assert stop6 == f"args= pipe={pipes['6']} gpus=6 stdin=quit"
 
 
 def test_grid_is_experiments_times_seeds_times_listed_values() -> None:

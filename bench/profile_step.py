@@ -1,0 +1,92 @@
+"""Where a training step's GPU time goes: the kernels of eager fast-engine steps, by total time.
+
+Builds ``cifar10_lt/<method>`` as ``bench/epoch_times.py`` does, runs ``--warmup`` eager steps, then
+profiles ``--steps`` more with ``torch.profiler`` and prints the kernel count and summed kernel time
+per step and the top kernels. Kernel time per step against the graph step's wall time (s/epoch of
+``epoch_times.py`` divided by the steps per epoch) says whether a step is bound by the GPU's work or
+by the gaps between kernels.
+
+    python bench/profile_step.py --root DATA_OR_PACK [--method ce] [--steps 10] [overrides ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lt_bench.config import compose
+from lt_bench.data.augment import BatchAugment
+from lt_bench.engine.choice import fast_engine_device
+from lt_bench.engine.fast import FastEngine
+from lt_bench.registry import METHODS
+from lt_bench.runner import build_dataset
+
+
+def kernel_rows(prof: profile) -> list[tuple[str, int, float]]:
+    """(kernel name, calls, total µs) of every GPU kernel the profiler saw, longest first."""
+    rows = []
+    for event in prof.key_averages():
+        if str(event.device_type).endswith("CUDA") and event.count:
+            total = getattr(event, "self_device_time_total", None) or event.self_cuda_time_total
+            if total > 0:
+                rows.append((event.key, event.count, float(total)))
+    return sorted(rows, key=lambda row: -row[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="CIFAR-10 folder or .npz pack (dataset.root)")
+    parser.add_argument("--method", default="ce")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides")
+    args = parser.parse_args()
+    cfg = compose([f"experiment=cifar10_lt/{args.method}", f"dataset.root={args.root}", *args.overrides])
+    dataset = build_dataset(cfg.dataset)
+    method = METHODS.get(cfg.method.name)(
+        cfg=cfg, train_counts=dataset.train_counts.tolist(), in_channels=dataset.train.images.shape[-1]
+    )
+    device = fast_engine_device(cfg)
+    with tempfile.TemporaryDirectory() as run_dir:
+        engine = FastEngine(
+            method, dataset.train, BatchAugment.from_config(cfg), cfg, device, Path(run_dir), use_graphs=False
+        )
+    method.engine_epoch = 0
+    method.train()
+    method.on_train_epoch_start()
+    batch = method.train_batch_size(int(cfg.data.batch_size))
+    order = torch.randperm(len(engine.targets), device=device)
+    for step in range(args.warmup):
+        engine._eager_step(order[step * batch : (step + 1) * batch])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for step in range(args.warmup, args.warmup + args.steps):
+            engine._eager_step(order[step * batch : (step + 1) * batch])
+        sync()
+    rows = kernel_rows(prof)
+    kernels = sum(calls for _, calls, _ in rows) / args.steps
+    busy_ms = sum(total for _, _, total in rows) / args.steps / 1000
+    steps_per_epoch = -(-len(engine.targets) // batch)
+    print(
+        f"{args.method}: batch {batch}, {kernels:.0f} kernels and {busy_ms:.3f} ms of kernel time per "
+        f"step; {busy_ms * steps_per_epoch / 1000:.3f} s of kernel time per epoch ({steps_per_epoch} steps)"
+    )
+    print("| kernel | calls/step | µs/step | share |\n|---|---:|---:|---:|")
+    for name, calls, total in rows[: args.top]:
+        share = total / args.steps / 1000 / busy_ms
+        print(f"| {name[:90]} | {calls / args.steps:.0f} | {total / args.steps:.1f} | {share:.1%} |")
+    if args.json:
+        summary = {"method": args.method, "batch": batch, "kernels_per_step": kernels, "kernel_ms": busy_ms}
+        args.json.write_text(json.dumps({**summary, "top": rows[: args.top]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
