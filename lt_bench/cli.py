@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lt_bench.errors import LTBenchError
+from lt_bench.errors import LTBenchError, RunInterrupted
 
 OVERRIDES_HELP = (
     "key=value overrides: group choices (experiment=, dataset=, method=, backbone=) or dotted keys"
@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device/tip banners
     try:
         return args.func(args)
+    except RunInterrupted as exc:
+        print(f"lt-bench: {one_line(exc)}", file=sys.stderr)
+        return 130
     except LTBenchError as exc:
         print(f"lt-bench: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -15,3 +15,7 @@ class DataError(LTBenchError):
 
 class NonFiniteLossError(LTBenchError):
     """Training produced a NaN or infinite loss."""
+
+
+class RunInterrupted(LTBenchError):
+    """A stop signal ended a run at an epoch boundary; its checkpoint resumes it."""

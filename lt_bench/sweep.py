@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,12 +20,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import torch
 
 from lt_bench.config import compose
-from lt_bench.errors import ConfigError
+from lt_bench.engine.stop import StopRequests
+from lt_bench.errors import ConfigError, RunInterrupted
 from lt_bench.runner import RECORD_FILE, default_run_id
 
 
@@ -107,31 +109,58 @@ def _sweep(
     threads = max(1, (os.cpu_count() or 1) // max(parallel, 1))
     running: list[Running] = []
     failed: list[str] = []
-    for item, record in todo:
-        while len(running) >= parallel:
+    queue = list(todo)
+    with StopRequests() as stop:
+        while queue or running:
+            if stop.received:
+                _stop(running, stop.received)
+            if queue and len(running) < parallel:
+                item, record = queue.pop(0)
+                running.append(_start(item, record, gpus, running, mps_clients, threads))
+                continue
             running = _reap(running, failed)
             time.sleep(1)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        gpu = least_loaded(gpus, [r.gpu for r in running]) if len(gpus) > 1 else None
-        if mps_clients:
-            env.pop("CUDA_VISIBLE_DEVICES", None)
-            env.update(mps_clients[gpu])
-        elif gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        log = record.parent.with_name(record.parent.name + ".log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "lt_bench", "run", *item, "logger.progress_bar=false"]
-        with log.open("w") as fh:
-            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        running.append(Running(proc, record, log, gpu))
-        where = f" on GPU {gpu}" if gpu is not None else ""
-        print(f"started {' '.join(item)}{where} (log {log})", flush=True)
-    while running:
-        running = _reap(running, failed)
-        time.sleep(1)
     if failed:
         raise ConfigError(f"{len(failed)} run(s) failed; see their logs: {', '.join(failed)}")
     return records
+
+
+def _start(
+    item: list[str],
+    record: Path,
+    gpus: list[str],
+    running: list[Running],
+    mps_clients: dict[str | None, dict[str, str]],
+    threads: int,
+) -> Running:
+    """Start ``lt-bench run`` for one grid point on the least busy GPU, in its own session (so that a
+    Ctrl-C reaches it only through the sweep, once)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    gpu = least_loaded(gpus, [r.gpu for r in running]) if len(gpus) > 1 else None
+    if mps_clients:
+        env.update(mps_clients[gpu], CUDA_VISIBLE_DEVICES="0")
+    elif gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    log = record.parent.with_name(record.parent.name + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "lt_bench", "run", *item, "logger.progress_bar=false"]
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    where = f" on GPU {gpu}" if gpu is not None else ""
+    print(f"started {' '.join(item)}{where} (log {log})", flush=True)
+    return Running(proc, record, log, gpu)
+
+
+def _stop(running: list[Running], signal_name: str) -> NoReturn:
+    """Pass the stop request on to the running runs, wait until each has checkpointed and exited."""
+    for run in running:
+        run.proc.send_signal(signal.SIGTERM)
+    for run in running:
+        run.proc.wait()
+    raise RunInterrupted(
+        f"sweep stopped by {signal_name}: {len(running)} run(s) stopped at an epoch boundary with a "
+        "checkpoint; run the same command again to resume them and the rest of the grid"
+    )
 
 
 def visible_gpus() -> list[str]:

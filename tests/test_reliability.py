@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn.functional as F
 from fmnist_runs import assert_same_metrics, cli, record_metrics, require_fashion_mnist, small_run
 
@@ -61,6 +62,40 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics(engine: str, tmp_path:
     assert (
         main(["run", *small_run(reference, "trainer.limit_train_batches=25", f"train.engine={engine}")]) == 0
     )
+    assert_same_metrics(record_metrics(reference), record_metrics(tmp_path))
+
+
+def test_sigterm_stops_a_fast_run_at_the_epoch_boundary_and_it_resumes(tmp_path: Path) -> None:
+    """SIGTERM mid-epoch: the epoch finishes and is checkpointed, exit code 130, then the same command
+    resumes to the uninterrupted run's metrics."""
+    args = small_run(tmp_path, "trainer.limit_train_batches=25", "trainer.max_epochs=6", "train.engine=fast")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lt_bench", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "stopped by SIGTERM after epoch" in stderr and "run the same command again to resume" in stderr
+    next_epoch = torch.load(last, weights_only=False)["next_epoch"]
+    with (tmp_path / "r" / "train_log.csv").open() as f:
+        assert len(f.readlines()) - 1 == next_epoch < 6  # every epoch begun was finished and logged
+    assert not (tmp_path / "r" / "record.json").exists()
+
+    resumed = cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    reference = tmp_path.parent / "reference_sigterm"
+    ref_args = small_run(
+        reference, "trainer.limit_train_batches=25", "trainer.max_epochs=6", "train.engine=fast"
+    )
+    assert main(["run", *ref_args]) == 0
     assert_same_metrics(record_metrics(reference), record_metrics(tmp_path))
 
 

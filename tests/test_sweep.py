@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +104,36 @@ def test_a_failed_run_fails_the_sweep_and_names_its_log(tmp_path: Path, capsys) 
     err = capsys.readouterr().err
     logs = list(tmp_path.glob("*.log"))
     assert len(logs) == 1 and str(logs[0]) in err and "1 run(s) failed" in err
+
+
+def test_sigterm_to_a_sweep_stops_its_runs_at_an_epoch_boundary(tmp_path: Path) -> None:
+    """The sweep passes the stop on once; each run checkpoints its epoch and exits; exit code 130."""
+    require_fashion_mnist()
+    overrides = [*small_run(tmp_path)[1:], "trainer.max_epochs=40", "train.engine=fast"]
+    overrides = [o for o in overrides if not o.startswith("run_id=")]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lt_bench",
+            "sweep",
+            "fashion_mnist_lt/ce",
+            "seeds=0,1",
+            *overrides,
+            "--parallel",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("*/checkpoints/last.ckpt"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "2 run(s) stopped at an epoch boundary" in stderr
+    for log in tmp_path.glob("*.log"):
+        assert "stopped by SIGTERM after epoch" in log.read_text()
+    assert not list(tmp_path.glob("*/record.json"))

@@ -11,7 +11,8 @@ Semantics equal the Lightning engine's: the data order of each epoch is torch's
 ``DistributedSampler`` permutation (seed + epoch), torch/NumPy/``random`` are reseeded at each epoch
 start (``method.on_train_epoch_start``), the learning rates come from the method's own
 ``configure_optimizers`` schedule, the last batch is kept (``drop_last=False``). A checkpoint is
-written after every epoch and an interrupted run resumes from it.
+written after every epoch and an interrupted run resumes from it; SIGTERM or Ctrl-C stops the run at
+the end of the current epoch (``lt_bench.engine.stop``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from torch import Tensor
 from lt_bench.data.augment import BatchAugment
 from lt_bench.data.base import ArraySplit
 from lt_bench.engine.sgd import GraphSGD
-from lt_bench.errors import ConfigError
+from lt_bench.engine.stop import StopRequests
+from lt_bench.errors import ConfigError, RunInterrupted
 from lt_bench.methods.base import BaseMethod, limited_batches
 
 #: augmentations made only of graph-safe tensor ops (no host sync, fixed shapes)
@@ -230,36 +232,14 @@ class FastEngine:
             torch.backends.cudnn.benchmark = True
         started = time.perf_counter()
         epoch_seconds = []
-        for epoch in range(self.start_epoch, self.max_epochs):
-            epoch_start = time.perf_counter()
-            self.method.engine_epoch = epoch
-            self.method.train()
-            self.method.on_train_epoch_start()
-            self.optimizer.set_lrs([group["lr"] for group in self.torch_optimizer.param_groups])
-            order = epoch_permutation(num_samples, self.seed, epoch).to(self.device)
-            variant = self.method.step_variant()
-            if variant != self.variant:
-                self.variant, self.active_terms = variant, set()
-            batch_size = self.method.train_batch_size(self.batch_size)
-            batches = limited_batches(
-                self.cfg.trainer.get("limit_train_batches"), -(-num_samples // batch_size)
-            )
-            self.loss_sum.zero_()
-            for value in self.term_sums.values():
-                value.zero_()
-            skipped_before = self.method.skipped_steps
-            for b in range(batches):
-                index = order[b * batch_size : (b + 1) * batch_size]
-                if self.use_graphs:
-                    self._graph_step(index, (variant, len(index)))
-                else:
-                    self._eager_step(index)
-                self.method.train_images_seen += len(index)
-            with warnings.catch_warnings():  # torch warns because its own optimizer never stepped
-                warnings.simplefilter("ignore", UserWarning)
-                self.scheduler.step()
-            self._end_epoch(epoch, batches - (self.method.skipped_steps - skipped_before))
-            epoch_seconds.append(time.perf_counter() - epoch_start)
+        with StopRequests() as stop:
+            for epoch in range(self.start_epoch, self.max_epochs):
+                epoch_seconds.append(self._epoch(epoch, num_samples))
+                if stop.received and epoch + 1 < self.max_epochs:
+                    raise RunInterrupted(
+                        f"stopped by {stop.received} after epoch {epoch + 1} of {self.max_epochs}; "
+                        f"checkpoint '{self.checkpoint_path}': run the same command again to resume"
+                    )
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.method.engine_epoch = self.max_epochs - 1 if self.max_epochs > 0 else 0
@@ -275,6 +255,36 @@ class FastEngine:
             notes=self.notes,
             epoch_seconds=epoch_seconds,
         )
+
+    def _epoch(self, epoch: int, num_samples: int) -> float:
+        """Train one epoch (log and checkpoint at its end); returns its seconds."""
+        epoch_start = time.perf_counter()
+        self.method.engine_epoch = epoch
+        self.method.train()
+        self.method.on_train_epoch_start()
+        self.optimizer.set_lrs([group["lr"] for group in self.torch_optimizer.param_groups])
+        order = epoch_permutation(num_samples, self.seed, epoch).to(self.device)
+        variant = self.method.step_variant()
+        if variant != self.variant:
+            self.variant, self.active_terms = variant, set()
+        batch_size = self.method.train_batch_size(self.batch_size)
+        batches = limited_batches(self.cfg.trainer.get("limit_train_batches"), -(-num_samples // batch_size))
+        self.loss_sum.zero_()
+        for value in self.term_sums.values():
+            value.zero_()
+        skipped_before = self.method.skipped_steps
+        for b in range(batches):
+            index = order[b * batch_size : (b + 1) * batch_size]
+            if self.use_graphs:
+                self._graph_step(index, (variant, len(index)))
+            else:
+                self._eager_step(index)
+            self.method.train_images_seen += len(index)
+        with warnings.catch_warnings():  # torch warns because its own optimizer never stepped
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        self._end_epoch(epoch, batches - (self.method.skipped_steps - skipped_before))
+        return time.perf_counter() - epoch_start
 
     def _end_epoch(self, epoch: int, applied_steps: int) -> None:
         """Check the loss (one host sync per epoch), log the epoch, write the checkpoint."""
