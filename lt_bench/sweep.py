@@ -50,9 +50,10 @@ def mps_daemons(gpus: list[str | None]) -> Iterator[dict[str | None, dict[str, s
 
     Without MPS a GPU time-slices between processes, so small-kernel runs (ResNet-32 at batch 128)
     gain little from running in parallel; with it their kernels share the GPU at once. Each daemon
-    sees only its GPU (``CUDA_VISIBLE_DEVICES``) and has its own pipe and log folders; clients set
-    no ``CUDA_VISIBLE_DEVICES`` (NVIDIA's MPS guide) and see that one GPU. ``None``: the GPU(s) the
-    sweep itself sees.
+    sees only its GPU (``CUDA_VISIBLE_DEVICES``) and has its own pipe and log folders. A client sees
+    that one GPU as device 0 and must say so (``CUDA_VISIBLE_DEVICES=0``, set by ``_start``): torch
+    counts devices through NVML, which sees every GPU of the host, and a client told nothing fails at
+    CUDA initialisation (seen on a 4-GPU H200 host). ``None``: the GPU(s) the sweep itself sees.
     """
     control = shutil.which("nvidia-cuda-mps-control")
     if control is None:

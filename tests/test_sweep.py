@@ -16,7 +16,7 @@ import torch
 from fmnist_runs import require_fashion_mnist, small_run
 
 from lt_bench.cli import main
-from lt_bench.sweep import expand, least_loaded, mps_daemons, visible_gpus
+from lt_bench.sweep import _start, expand, least_loaded, mps_daemons, visible_gpus
 
 FAKE_CONTROL = """#!/bin/sh
 # stands in for nvidia-cuda-mps-control: records its arguments, stdin, pipe folder and GPUs
@@ -45,7 +45,6 @@ def test_one_mps_daemon_per_gpu_starts_and_quits_around_the_block(
         pipes = {gpu: env["CUDA_MPS_PIPE_DIRECTORY"] for gpu, env in clients.items()}
         assert set(pipes) == {"5", "6"} and pipes["5"] != pipes["6"]
         assert all(Path(p).is_dir() for p in pipes.values())
-        assert all("CUDA_VISIBLE_DEVICES" not in env for env in clients.values())  # clients name no GPU
     assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ  # the sweep's own environment is untouched
     start5, start6, stop5, stop6 = log.read_text().splitlines()
     assert start5.startswith("args=-d ") and f"pipe={pipes['5']} gpus=5 " in start5
@@ -137,3 +136,23 @@ def test_sigterm_to_a_sweep_stops_its_runs_at_an_epoch_boundary(tmp_path: Path) 
     for log in tmp_path.glob("*.log"):
         assert "stopped by SIGTERM after epoch" in log.read_text()
     assert not list(tmp_path.glob("*/record.json"))
+
+
+def test_runs_under_mps_reach_their_gpus_daemon_and_see_it_as_device_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[dict] = []
+
+    class FakePopen:
+        def __init__(self, cmd, env, **kwargs):
+            started.append(env)
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    clients = {gpu: {"CUDA_MPS_PIPE_DIRECTORY": f"/pipe-{gpu}"} for gpu in ("1", "2")}
+    running = []
+    for seed in range(3):
+        record = tmp_path / f"run{seed}" / "record.json"
+        running.append(_start([f"seed={seed}"], record, ["1", "2"], running, clients, threads=1))
+    assert [r.gpu for r in running] == ["1", "2", "1"]
+    assert [env["CUDA_MPS_PIPE_DIRECTORY"] for env in started] == ["/pipe-1", "/pipe-2", "/pipe-1"]
+    assert all(env["CUDA_VISIBLE_DEVICES"] == "0" for env in started)

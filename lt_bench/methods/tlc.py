@@ -14,6 +14,13 @@ conflict between the previous expert's *raw* belief and expert k's. Expert k rea
 entry ``w_K`` is the sample's uncertainty (``outputs["uncertainty"]``). For two experts ``w_2`` is
 exactly the uncertainty of the Dempster–Shafer combination of the two opinions (``ds_combine``).
 
+Numerics: the chain is computed in log space (``log_engagement_weights``) with
+``1 - Γ = u_{k-1} + Σ_i b_{k-1,i} (b_{k,i} + u_k)``, a sum of non-negative terms equal to the official
+``1 - [(Σb_{k-1})(Σb_k) - Σ b_{k-1,i} b_{k,i}]``. The official float expression cancels: two confident
+experts that disagree (logits ±30) give ``1 - Γ`` rounded to 0 or below, so ``w`` becomes inf/negative
+and the batch softmax and the engagement mask NaN. Where the official float value is finite the two
+agree to rounding; the engagement mask compares ``log w_k - max_batch log w_k`` with ``log τ``.
+
 Aggregated output ``ŷ = Σ_k a_k ⊙ z_k``:
 
 * ``aggregation: per_sample`` (default, a deviation): ``a_k[n] = softmax_k(w_k[n] / η)`` over the
@@ -85,23 +92,41 @@ DRW_BETA = 0.9999
 
 
 # --- evidential quantities and Dempster–Shafer combination -----------------------------------------
+def log_strength(logits: Tensor) -> Tensor:
+    """``log S = log(Σ_c e^{z_c} + C)`` ``[...]`` without forming ``e^z`` (no overflow)."""
+    log_c = torch.full_like(logits[..., :1], math.log(logits.shape[-1]))
+    return torch.logsumexp(torch.cat([logits, log_c], dim=-1), dim=-1)
+
+
 def evidential(logits: Tensor) -> dict[str, Tensor]:
-    """``e = exp(z)``, ``α = e + 1``, ``S = Σα``, belief ``b = e/S`` ``[..., C]``, ``u = C/S`` ``[...]``."""
+    """``e = exp(z)``, ``α = e + 1``, ``S = Σα``, belief ``b = e/S`` ``[..., C]``, ``u = C/S`` ``[...]``.
+
+    ``b`` and ``u`` come from ``log S`` (finite even where ``e`` or ``S`` overflow)."""
     evidence = torch.exp(logits)
-    alpha = evidence + 1
-    strength = alpha.sum(dim=-1)
+    log_s = log_strength(logits)
     return {
         "evidence": evidence,
-        "alpha": alpha,
-        "strength": strength,
-        "belief": evidence / strength.unsqueeze(-1),
-        "uncertainty": logits.shape[-1] / strength,
+        "alpha": evidence + 1,
+        "strength": torch.exp(log_s),
+        "belief": torch.exp(logits - log_s.unsqueeze(-1)),
+        "uncertainty": torch.exp(math.log(logits.shape[-1]) - log_s),
     }
 
 
 def conflict(belief_a: Tensor, belief_b: Tensor) -> Tensor:
     """``Γ = Σ_{i≠j} a_i b_j = (Σa)(Σb) - Σ a_i b_i`` over the last dimension."""
     return belief_a.sum(-1) * belief_b.sum(-1) - (belief_a * belief_b).sum(-1)
+
+
+def agreement(belief_a: Tensor, uncertainty_a: Tensor, belief_b: Tensor, uncertainty_b: Tensor) -> Tensor:
+    """``1 - Γ`` of two opinions (``Σb + u = 1``) as a sum of non-negative terms::
+
+        1 - Γ = 1 - (1 - u_a)(1 - u_b) + Σ a_i b_i = u_a + Σ_i a_i (b_i + u_b)
+
+    Equal to ``1 - conflict(a, b)``, without its cancellation: two confident experts that disagree
+    have Γ within float rounding of 1, and ``1 - Γ`` rounds to 0 or below.
+    """
+    return uncertainty_a + (belief_a * (belief_b + uncertainty_b.unsqueeze(-1))).sum(-1)
 
 
 def ds_combine(
@@ -111,11 +136,44 @@ def ds_combine(
 
     b_c = (a_c b_c + a_c u_b + b_c u_a) / (1 - Γ),   u = u_a u_b / (1 - Γ)
     """
-    scale = 1 - conflict(belief_a, belief_b)
+    scale = agreement(belief_a, uncertainty_a, belief_b, uncertainty_b)
     belief = (
         belief_a * belief_b + belief_a * uncertainty_b.unsqueeze(-1) + belief_b * uncertainty_a.unsqueeze(-1)
     ) / scale.unsqueeze(-1)
     return belief, uncertainty_a * uncertainty_b / scale
+
+
+def log_agreement(logits_a: Tensor, logits_b: Tensor) -> Tensor:
+    """``log(1 - Γ)`` between the raw opinions of two experts' logits ``[..., C]``: ``agreement`` in
+    log space, ``log(u_a + Σ_i a_i (b_i + u_b))`` with ``log a_i = z_a,i - log S_a``,
+    ``log u_a = log C - log S_a`` and ``log(b_i + u_b) = log(e^{z_b,i} + C) - log S_b``."""
+    log_c = math.log(logits_a.shape[-1])
+    log_s_a, log_s_b = log_strength(logits_a), log_strength(logits_b)
+    log_b_plus_u = torch.logaddexp(logits_b, torch.full_like(logits_b, log_c)) - log_s_b.unsqueeze(-1)
+    terms = torch.cat(
+        [(log_c - log_s_a).unsqueeze(-1), logits_a - log_s_a.unsqueeze(-1) + log_b_plus_u], dim=-1
+    )
+    return torch.logsumexp(terms, dim=-1)
+
+
+def log_engagement_weights(expert_logits: Tensor) -> Tensor:
+    """``log w`` ``[K + 1, B]`` of the official chain (``engagement_weights``), in log space::
+
+        log w_0 = 0,   log w_{k+1} = log w_k + (log C - log S_k) - log(1 - Γ_k)
+
+    Each step is ``≤ 0`` (``u_k ≤ 1 - Γ_k``), so ``w`` never overflows, and ``log w`` stays finite
+    where ``w`` itself would underflow (many experts, confident logits).
+    """
+    log_c = math.log(expert_logits.shape[-1])
+    log_w = [expert_logits.new_zeros(expert_logits.shape[1])]
+    previous = None
+    for logits in expert_logits:
+        step = log_c - log_strength(logits)
+        if previous is not None:
+            step = step - log_agreement(previous, logits)
+        log_w.append(log_w[-1] + step)
+        previous = logits
+    return torch.stack(log_w)
 
 
 def engagement_weights(expert_logits: Tensor) -> Tensor:
@@ -123,15 +181,16 @@ def engagement_weights(expert_logits: Tensor) -> Tensor:
 
     ``w_0 = 1``; ``w_{k+1} = w_k u_k / (1 - Γ_k)`` with Γ between expert k-1's and expert k's raw
     beliefs (``Γ_0 = 0``). Expert k is weighted by ``w_k``; ``w_K`` is the sample's uncertainty.
+    Computed as ``exp(log_engagement_weights)``: the official float expression
+    ``w u / (1 - Γ)`` reaches ``inf`` or a negative value when two confident experts disagree.
     """
-    weights = [torch.ones(expert_logits.shape[1], dtype=expert_logits.dtype, device=expert_logits.device)]
-    previous = None
-    for logits in expert_logits:
-        quantities = evidential(logits)
-        gamma = 0 if previous is None else conflict(previous, quantities["belief"])
-        weights.append(weights[-1] * quantities["uncertainty"] / (1 - gamma))
-        previous = quantities["belief"]
-    return torch.stack(weights)
+    return torch.exp(log_engagement_weights(expert_logits))
+
+
+def engagement_mask(log_weights: Tensor, tau: float) -> Tensor:
+    """``[w_k[n] / max_batch w_k > τ]`` ``[K(+1), B]`` from ``log w`` (no 0/0 where all ``w_k``
+    underflow); the batch's most uncertain sample is always engaged."""
+    return log_weights - log_weights.max(dim=-1, keepdim=True).values > math.log(tau)
 
 
 def aggregation_weights(weights: Tensor, eta: float, mode: str) -> Tensor:
@@ -173,7 +232,7 @@ def tlc_expert_losses(
     expert_logits: Tensor,
     targets: Tensor,
     target_output: Tensor,
-    weights: Tensor,
+    log_weights: Tensor,
     *,
     margins: Tensor,
     scale: float,
@@ -183,13 +242,15 @@ def tlc_expert_losses(
     tau: float,
 ) -> Tensor:
     """``[L_0, ..., L_{K-1}]`` (module docstring) for expert logits ``[K, B, C]``, the diversity
-    target ŷ ``[B, C]`` (detached here), the chain ``w`` ``[K(+1), B]``, LDAM ``margins`` ``[C]``,
-    DRW ``class_weights`` (None: 1) and the diversity ``temperature`` ``[C]`` (None: 1)."""
+    target ŷ ``[B, C]`` (detached here), the chain as ``log w`` ``[K(+1), B]`` (``engagement_mask``),
+    LDAM ``margins`` ``[C]``, DRW ``class_weights`` (None: 1) and the diversity ``temperature``
+    ``[C]`` (None: 1)."""
     num_classes = expert_logits.shape[-1]
     onehot = one_hot(targets, num_classes, expert_logits.dtype)
     t = torch.ones(num_classes, device=expert_logits.device) if temperature is None else temperature
     t_mean = t.mean()
     target_dist = torch.softmax(target_output.detach() / t, dim=1)
+    masks = engagement_mask(log_weights[: expert_logits.shape[0]].detach(), tau)
     losses = []
     for k, logits in enumerate(expert_logits):
         margin_logits = logits - scale * margins[targets].unsqueeze(1) * onehot
@@ -199,8 +260,7 @@ def tlc_expert_losses(
         kl = evidential_kl(alpha_hat).to(logits.dtype)
         div = F.kl_div(F.log_softmax(logits / t, dim=1), target_dist, reduction="none").sum(dim=1)
         per_sample = nll + kl_coef * kl - DIVERSITY_WEIGHT * t_mean**2 * div
-        w = weights[k].detach()
-        mask = (w / w.max() > tau).to(per_sample.dtype)
+        mask = masks[k].to(per_sample.dtype)
         losses.append((mask * per_sample).sum() / mask.sum())
     return torch.stack(losses)
 
@@ -255,8 +315,8 @@ def uncertainty_quality(
 class TLC(MultiExpertMethod):
     """Evidential experts, Dempster–Shafer engagement, ``tlc_expert_losses`` (module docstring).
 
-    ``forward`` adds ``uncertainty`` ``[B]`` (``w_K``), ``engagement`` (the chain ``w`` ``[K+1, B]``)
-    and ``batch_output`` (the official batch-normalised ŷ) to the multi-expert outputs; ``logits``
+    ``forward`` adds ``uncertainty`` ``[B]`` (``w_K``), ``engagement`` (the chain ``w`` ``[K+1, B]``),
+    ``log_engagement`` (``log w``) and ``batch_output`` (the official batch-normalised ŷ) to the multi-expert outputs; ``logits``
     is ŷ of ``method.aggregation``.
     """
 
@@ -287,14 +347,17 @@ class TLC(MultiExpertMethod):
     def expert_outputs(self, out: Outputs, batch: int) -> Outputs:
         outputs = super().expert_outputs(out, batch)
         expert_logits = outputs["expert_logits"]
-        w = engagement_weights(expert_logits)
+        log_w = log_engagement_weights(expert_logits)
+        w = torch.exp(log_w)
         eta = self.method_cfg.eta
         batch_output = aggregate_experts(expert_logits, w, eta, "batch")
         if self.method_cfg.aggregation == "per_sample":
             logits = aggregate_experts(expert_logits, w, eta, "per_sample")
         else:
             logits = batch_output * (batch / expert_logits.shape[0])
-        outputs.update(logits=logits, uncertainty=w[-1], engagement=w, batch_output=batch_output)
+        outputs.update(
+            logits=logits, uncertainty=w[-1], engagement=w, log_engagement=log_w, batch_output=batch_output
+        )
         return outputs
 
     def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
@@ -305,7 +368,7 @@ class TLC(MultiExpertMethod):
             outputs["expert_logits"],
             targets,
             target,
-            outputs["engagement"],
+            outputs["log_engagement"],
             margins=self.margins,
             scale=self.classifier_scale(),
             class_weights=self.drw_weights if drw else None,
