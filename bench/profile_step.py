@@ -54,6 +54,7 @@ def main() -> None:
         cfg=cfg, train_counts=dataset.train_counts.tolist(), in_channels=dataset.train.images.shape[-1]
     )
     device = fast_engine_device(cfg)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as FastEngine.fit trains
     with tempfile.TemporaryDirectory() as run_dir:
         engine = FastEngine(
             method, dataset.train, BatchAugment.from_config(cfg), cfg, device, Path(run_dir), use_graphs=False
