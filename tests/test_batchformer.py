@@ -30,7 +30,7 @@ from lt_bench.methods.batchformer import (
 )
 from lt_bench.methods.mdcs import MDCS, mdcs_loss
 from lt_bench.methods.sade import SADE, sade_expert_losses
-from lt_bench.methods.tlc import TLC, aggregate_experts, engagement_weights
+from lt_bench.methods.tlc import TLC, aggregate_experts, engagement_weights, log_engagement_weights
 from lt_bench.registry import METHODS
 
 COUNTS = [40, 12, 8, 4]
@@ -424,6 +424,7 @@ def host_loss_by_hand(host: str, method, logits: torch.Tensor, targets: torch.Te
     outputs = {
         "expert_logits": logits,
         "engagement": w,
+        "log_engagement": log_engagement_weights(logits),
         "batch_output": aggregate_experts(logits, w, m.eta, "batch"),
     }
     outputs["logits"] = aggregate_experts(logits, w, m.eta, "per_sample")

@@ -8,6 +8,7 @@ averaged over engaged samples (``w_k / max w_k > 0.54``).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -22,12 +23,16 @@ from lt_bench.config import compose
 from lt_bench.errors import ConfigError
 from lt_bench.methods.tlc import (
     aggregate_experts,
+    aggregation_weights,
+    agreement,
     auroc,
     conflict,
     diversity_temperature,
     ds_combine,
+    engagement_mask,
     engagement_weights,
     evidential,
+    log_engagement_weights,
     tlc_expert_losses,
     uncertainty_quality,
 )
@@ -100,6 +105,112 @@ def test_chain_uses_previous_raw_belief_for_three_experts() -> None:
         assert w[:, n].tolist() == pytest.approx(row)
 
 
+# --- numerical stability: confident experts that disagree -------------------------------------------
+def chain_as_coded(z: torch.Tensor) -> torch.Tensor:
+    """The official float expression: ``w <- w u / (1 - Γ)``, ``Γ = (Σa)(Σb) - Σ a_i b_i`` of the raw
+    beliefs ``b = (α - 1) / S``, in the dtype of ``z``."""
+    rows, previous = [torch.ones(z.shape[1], dtype=z.dtype)], None
+    for logits in z:
+        alpha = torch.exp(logits) + 1
+        strength = alpha.sum(-1, keepdim=True)
+        b, u = (alpha - 1) / strength, z.shape[-1] / strength.squeeze(-1)
+        gamma = 0 if previous is None else b.sum(-1) * previous.sum(-1) - (previous * b).sum(-1)
+        rows.append(rows[-1] * u / (1 - gamma))
+        previous = b
+    return torch.stack(rows)
+
+
+def chain_exact(z: list[list[float]]) -> list[float]:
+    """The chain of one sample (``z[k][c]``) in exact rational arithmetic from the evidence ``exp(z)``."""
+    classes = len(z[0])
+    w, previous, out = Fraction(1), None, [1.0]
+    for logits in z:
+        e = [Fraction(math.exp(v)) for v in logits]
+        strength = sum(e) + classes
+        b = [v / strength for v in e]
+        gamma = (
+            0
+            if previous is None
+            else sum(previous) * sum(b) - sum(p * q for p, q in zip(previous, b, strict=True))
+        )
+        w = w * Fraction(classes) / strength / (1 - gamma)
+        out.append(float(w))
+        previous = b
+    return out
+
+
+def extreme_logits(experts: int = 3, batch: int = 12, classes: int = 100) -> torch.Tensor:
+    """Scaled cosines at ±30: every expert is sure (+30) of one class and -30 on the others. In
+    samples 1-5 the experts disagree, in 6-8 they agree; samples 9-11 are ``30 tanh(3 N(0, 1))``.
+    Sample 0 is -30 everywhere: the one uncertain sample, which dominates the batch's chain."""
+    z = torch.full((experts, batch, classes), -30.0)
+    for n in range(1, 9):
+        for k in range(experts):
+            z[k, n, (n + (k if n < 6 else 0)) % classes] = 30.0
+    g = torch.Generator().manual_seed(7)
+    z[:, 9:] = 30 * torch.tanh(3 * torch.randn(experts, batch - 9, classes, generator=g))
+    return z
+
+
+def test_chain_is_finite_and_exact_where_the_coded_expression_overflows() -> None:
+    z = extreme_logits()
+    coded = chain_as_coded(z)
+    assert not torch.isfinite(coded).all() or (coded < 0).any()  # the official float32 value breaks
+    w = engagement_weights(z)
+    assert torch.isfinite(w).all() and (w >= 0).all() and (w <= 1).all()
+    for n in range(z.shape[1]):
+        assert w[:, n].tolist() == pytest.approx(chain_exact(z[:, n].double().tolist()), rel=1e-4, abs=0)
+    # each of the chain's steps is at most 1 (u_k <= 1 - Γ_k): w never grows
+    assert (w[1:] <= w[:-1] * (1 + 1e-6)).all()
+
+
+def test_stable_forms_equal_the_coded_ones_on_moderate_logits() -> None:
+    g = torch.Generator().manual_seed(2)
+    z = 3 * torch.randn(4, 32, 10, generator=g, dtype=torch.float64)
+    a, b = evidential(z[0]), evidential(z[1])
+    torch.testing.assert_close(
+        agreement(a["belief"], a["uncertainty"], b["belief"], b["uncertainty"]),
+        1 - conflict(a["belief"], b["belief"]),
+    )
+    coded = chain_as_coded(z)
+    torch.testing.assert_close(engagement_weights(z), coded)
+    torch.testing.assert_close(log_engagement_weights(z), coded.log())
+    assert torch.equal(
+        engagement_mask(coded.log(), 0.54), coded / coded.max(dim=1, keepdim=True).values > 0.54
+    )
+    assert (engagement_mask(coded.log(), 0.54).sum(dim=1) >= 1).all()
+
+
+def test_mask_without_underflow_for_many_confident_experts() -> None:
+    # eight confident experts that agree: w_7 underflows to 0 for every sample in float32 (the
+    # coded mask w / max w would be 0/0), its log does not and the batch's most uncertain sample engages
+    z = extreme_logits(experts=8)[:, 6:9]
+    log_w = log_engagement_weights(z)
+    assert torch.isfinite(log_w).all() and (torch.exp(log_w[7]) == 0).all()
+    mask = engagement_mask(log_w, 0.54)
+    assert (mask.sum(dim=1) >= 1).all() and mask[7, log_w[7].argmax()]
+
+
+@pytest.mark.parametrize("aggregation", ["per_sample", "batch"])
+@pytest.mark.parametrize("epoch", [0, 170])
+def test_extreme_logits_give_a_finite_loss_and_gradients(aggregation: str, epoch: int) -> None:
+    counts = [max(2, int(500 * 0.95**c)) for c in range(100)]
+    method = build(f"method.aggregation={aggregation}", counts=counts)
+    method.engine_epoch = epoch  # 170: DRW weights, diversity temperatures, KL coefficient 171/13200
+    method.on_train_epoch_start()
+    z = extreme_logits().requires_grad_()
+    features = torch.randn(3, z.shape[1], 8, requires_grad=True)
+    outputs = method.expert_outputs({"expert_logits": z, "expert_features": features}, z.shape[1])
+    for key in ("logits", "engagement", "log_engagement", "batch_output", "uncertainty"):
+        assert torch.isfinite(outputs[key]).all(), key
+    targets = torch.arange(z.shape[1]) % 100
+    loss = method.compute_loss(outputs, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    # the uncertain sample 0 dominates: every expert engages it
+    assert engagement_mask(outputs["log_engagement"][:3], 0.54)[:, 0].all()
+
+
 # --- loss against a transcription ---------------------------------------------------------------------
 def loss_by_hand(z, y, target, w, margins, weights, kl_coef, temp, tau, scale=30.0):
     """Per expert: masked mean over samples of ℓ_nll + kl_coef ℓ_KL - 0.01 T̄² KL, in Python floats."""
@@ -153,7 +264,7 @@ def test_expert_losses_match_the_formula(drw: bool) -> None:
         z,
         y,
         target,
-        w,
+        w.log(),
         margins=margins,
         scale=30.0,
         class_weights=cb if drw else None,
@@ -185,7 +296,7 @@ def test_method_loss_schedule_and_engagement() -> None:
         out["expert_logits"],
         y,
         out["batch_output"],
-        out["engagement"],
+        out["log_engagement"],
         margins=method.margins,
         scale=30.0,
         class_weights=None,
@@ -306,3 +417,20 @@ def test_experiment_configs(experiment, backbone, wd, shared, eta, reweight, fac
     else:
         assert cfg.data.batch_size == 256 and cfg.trainer.max_epochs == 100
         assert cfg.schedule.milestones == [60, 80] and cfg.schedule.gamma == 0.1
+
+
+def test_per_sample_weights_favour_expert_zero_unlike_the_batch_weights() -> None:
+    # the chain never grows, so softmax_k(w_k / η) is largest for expert 0 (w_0 = 1) on every sample
+    z = extreme_logits()
+    w = engagement_weights(z)
+    per_sample = aggregation_weights(w[:3], 0.2, "per_sample")
+    assert (per_sample.argmax(dim=0) == 0).all()
+    rest = 1 / (math.exp(5) + 2)  # sample 1: every expert sure, so w_1, w_2 ≈ 0
+    assert per_sample[:, 1].tolist() == pytest.approx([math.exp(5) * rest, rest, rest])
+    # official: B a_0 = 1 everywhere; experts 1-2 weigh 1 / mean_batch e^{w_k/η} on the sure samples
+    # and e^{w_k/η} / mean_batch e^{w_k/η} (here > 10) on the unsure sample 0
+    batch = aggregation_weights(w[:3], 0.2, "batch") * z.shape[1]
+    assert batch[0].tolist() == pytest.approx([1.0] * z.shape[1])
+    mean_exp = torch.exp(w[1:3] / 0.2).mean(dim=1)
+    torch.testing.assert_close(batch[1:, 1], 1 / mean_exp, rtol=1e-4, atol=0)
+    assert (batch[1:, 0] > 10).all()

@@ -26,8 +26,15 @@ Aggregated output ``ŷ = Σ_k a_k ⊙ z_k``:
 * ``aggregation: per_sample`` (default, a deviation): ``a_k[n] = softmax_k(w_k[n] / η)`` over the
   experts of one sample, so a test prediction never depends on the other samples of its batch;
 * ``aggregation: batch`` (official): ``a_k[n] = exp(w_k[n]/η) / Σ_{m∈batch} exp(w_k[m]/η)``. Its
-  scale is ~K/B, so ``logits`` is this output times ``B / K`` (same argmax; weights averaging 1/K
-  per expert over the batch, like the per-sample variant) to keep softmax calibration meaningful.
+  scale is ~K/B, so ``logits`` is this output times ``B / K`` (same argmax; each expert's weights
+  then average 1/K over the batch) to keep softmax calibration meaningful.
+
+The two weightings differ in kind. The chain never grows (``1 ≥ w_1 ≥ w_2 ≥ ...``), so the per-sample
+softmax always gives expert 0 the largest weight: for a confident sample (``w_k ≈ 0`` for k ≥ 1) it is
+``(e^{1/η}, 1, 1) / (e^{1/η} + 2) ≈ (0.987, 0.007, 0.007)`` at η = 0.2, K = 3, so ŷ is expert 0's
+logits nudged by the others. The official weights give expert 0 ``1/B`` everywhere and expert k ≥ 1
+``1/(B · mean_batch e^{w_k/η})`` on a confident sample (comparable to expert 0's) and up to ``e^{1/η}``
+times more on the batch's uncertain samples.
 
 ``logits`` (what ``LTMetrics`` receives) is ŷ: a convex combination of expert logits per sample in
 the default variant; ``softmax(ŷ)`` is the predicted distribution.
@@ -316,8 +323,8 @@ class TLC(MultiExpertMethod):
     """Evidential experts, Dempster–Shafer engagement, ``tlc_expert_losses`` (module docstring).
 
     ``forward`` adds ``uncertainty`` ``[B]`` (``w_K``), ``engagement`` (the chain ``w`` ``[K+1, B]``),
-    ``log_engagement`` (``log w``) and ``batch_output`` (the official batch-normalised ŷ) to the multi-expert outputs; ``logits``
-    is ŷ of ``method.aggregation``.
+    ``log_engagement`` (``log w``) and ``batch_output`` (the official batch-normalised ŷ) to the
+    multi-expert outputs; ``logits`` is ŷ of ``method.aggregation``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
