@@ -7,12 +7,15 @@ averaged over engaged samples (``w_k / max w_k > 0.54``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from scipy.special import digamma
 from sklearn.metrics import roc_auc_score
@@ -20,6 +23,9 @@ from training_steps import fixed_batch_losses
 
 import lt_bench.methods.tlc  # noqa: F401  (registers "tlc")
 from lt_bench.config import compose
+from lt_bench.data.augment import to_normalized_nchw
+from lt_bench.data.base import ArraySplit, FileSplit
+from lt_bench.data.module import LTDataModule
 from lt_bench.errors import ConfigError
 from lt_bench.methods.tlc import (
     aggregate_experts,
@@ -434,3 +440,70 @@ def test_per_sample_weights_favour_expert_zero_unlike_the_batch_weights() -> Non
     mean_exp = torch.exp(w[1:3] / 0.2).mean(dim=1)
     torch.testing.assert_close(batch[1:, 1], 1 / mean_exp, rtol=1e-4, atol=0)
     assert (batch[1:, 0] > 10).all()
+
+
+# --- the official batch aggregation as a second evaluation ---------------------------------------------
+def _fake_trainer() -> SimpleNamespace:
+    return SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+        limit_test_batches=1.0,
+        global_rank=0,
+        world_size=1,
+        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
+    )
+
+
+def _datamodule(test: ArraySplit, eval_batch_size: int = 3) -> LTDataModule:
+    return LTDataModule(
+        test, None, {"test": test}, [0.5] * 3, [0.25] * 3, batch_size=8, eval_batch_size=eval_batch_size
+    )
+
+
+def test_batch_aggregation_is_scored_on_blocks_of_consecutive_images() -> None:
+    """``test_tlc_batch`` equals ``aggregation=batch`` forwarded block by block (4, 4, 2 images),
+    whatever the chunking of the forward passes (eval batch 3)."""
+    rng = np.random.default_rng(0)
+    test = ArraySplit(rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8), np.arange(10) % 4)
+    method = build("method.batch_eval_size=4").eval()
+    method.test_time_stage(_fake_trainer(), _datamodule(test))
+    assert method.result_variants == {"batch": "test_tlc_batch"}
+    result = method.results["test_tlc_batch"]
+
+    official = build("method.aggregation=batch")
+    official.load_state_dict(method.state_dict())
+    official.eval()
+    images = to_normalized_nchw(torch.from_numpy(test.images), [0.5] * 3, [0.25] * 3)
+    targets = torch.from_numpy(test.targets)
+    with torch.no_grad():
+        logits = torch.cat([official(images[a:b])["logits"] for a, b in ((0, 4), (4, 8), (8, 10))])
+    assert result["num_samples"] == 10
+    assert result["top1"] == pytest.approx((logits.argmax(1) == targets).float().mean().item())
+    assert result["nll"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+
+
+def test_batch_aggregation_evaluation_off() -> None:
+    test = ArraySplit(np.zeros((4, 16, 16, 3), dtype=np.uint8), np.arange(4))
+    for overrides in (("method.batch_eval_size=null",), ("method.aggregation=batch",)):
+        method = build(*overrides).eval()
+        method.test_time_stage(_fake_trainer(), _datamodule(test))
+        assert method.results == {} and method.result_variants == {}
+
+
+def test_eval_chunks_of_image_files_follow_the_evaluation_transform(tmp_path) -> None:
+    from PIL import Image
+
+    paths = []
+    for i in range(5):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(f"{i}.png")
+    split = FileSplit(tmp_path, paths, np.arange(5) % 2)
+    dm = LTDataModule(
+        split, None, {"test": split}, [0.5] * 3, [0.25] * 3, 8, eval_batch_size=2, image_size=16
+    )
+    chunks = list(dm.eval_chunks(split, 1, 4, torch.device("cpu")))
+    assert [len(t) for _, t in chunks] == [2, 1]  # eval_batch_size at a time, images 1..3 in order
+    images = torch.cat([x for x, _ in chunks])
+    assert images.shape == (3, 3, 16, 16)
+    expected = (torch.tensor([40.0, 80.0, 120.0]) / 255 - 0.5) / 0.25
+    torch.testing.assert_close(images.mean(dim=(1, 2, 3)), expected, atol=1e-5, rtol=0)
+    assert torch.cat([t for _, t in chunks]).tolist() == [1, 0, 1]

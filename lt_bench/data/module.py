@@ -7,13 +7,14 @@ datasets decode and transform each image in loader workers with torchvision.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from torchvision import transforms as T
 
 from lt_bench.data.augment import BatchAugment, to_normalized_nchw
@@ -160,6 +161,27 @@ class LTDataModule(L.LightningDataModule):
         if replicas > 1:
             return UnrepeatedDistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=False)
         return torch.utils.data.SequentialSampler(dataset)
+
+    def eval_chunks(
+        self, split: Split, start: int, stop: int, device: torch.device
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Images ``start:stop`` of an evaluation split, in order, ``eval_batch_size`` at a time, as
+        normalised NCHW float images and targets on ``device`` (for evaluations that need whole blocks
+        of consecutive images, e.g. TLC's batch-normalised aggregation)."""
+        if isinstance(split, ArraySplit):
+            for low in range(start, stop, self.eval_batch_size):
+                high = min(low + self.eval_batch_size, stop)
+                images = torch.from_numpy(split.images[low:high]).to(device)
+                yield (
+                    to_normalized_nchw(images, self.mean, self.std),
+                    torch.from_numpy(split.targets[low:high]).to(device),
+                )
+            return
+        files = Subset(FileImageDataset(split, self._file_transform(train=False)), range(start, stop))
+        for images, targets in DataLoader(
+            files, batch_size=self.eval_batch_size, num_workers=self.num_workers
+        ):
+            yield images.to(device), targets.to(device)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, train=True)

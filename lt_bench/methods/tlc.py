@@ -77,16 +77,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lt_bench.errors import ConfigError
-from lt_bench.methods.base import Outputs
+from lt_bench.methods.base import Outputs, limited_batches
 from lt_bench.methods.baselines import class_balanced_weights, ldam_margins
 from lt_bench.methods.sade import MultiExpertMethod
 from lt_bench.methods.tensor_ops import one_hot
+from lt_bench.metrics import LTMetrics
 from lt_bench.metrics.shots import shot_groups
 from lt_bench.registry import register_method
 
@@ -366,6 +368,44 @@ class TLC(MultiExpertMethod):
             logits=logits, uncertainty=w[-1], engagement=w, log_engagement=log_w, batch_output=batch_output
         )
         return outputs
+
+    def test_time_stage(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+        """With ``aggregation: per_sample``, also evaluate the official batch-normalised aggregation.
+
+        Each evaluation set is cut into blocks of ``method.batch_eval_size`` consecutive images (the
+        official validation batch: 4,096, in the split's order); within a block the expert weights are
+        ``exp(w_k[n]/η) / Σ_{m∈block} exp(w_k[m]/η)`` and the logits ``ŷ · B/K`` as under
+        ``aggregation: batch``. Results: ``<set>_tlc_batch``, table row ``tlc+batch``. The images are
+        those the main evaluation scored (``trainer.limit_test_batches`` applies).
+        """
+        size = self.method_cfg.batch_eval_size
+        if self.method_cfg.aggregation != "per_sample" or not size:
+            return
+        device = trainer.strategy.root_device
+        previous = self.device
+        self.to(device).eval()
+        eval_size = datamodule.eval_batch_size
+        for name, split in datamodule.test_sets.items():
+            scored = min(
+                len(split),
+                eval_size * limited_batches(trainer.limit_test_batches, math.ceil(len(split) / eval_size)),
+            )
+            metric = LTMetrics(self.class_counts.long().tolist()).to(device)
+            for block in range(trainer.global_rank, math.ceil(scored / size), trainer.world_size):
+                start, stop = block * size, min((block + 1) * size, scored)
+                logits, targets = [], []
+                with torch.no_grad(), trainer.precision_plugin.forward_context():
+                    for images, y in datamodule.eval_chunks(split, start, stop, device):
+                        logits.append(self(images)["expert_logits"].float())
+                        targets.append(y)
+                expert_logits = torch.cat(logits, dim=1)
+                weights = torch.exp(log_engagement_weights(expert_logits))
+                block_logits = aggregate_experts(expert_logits, weights, self.method_cfg.eta, "batch")
+                metric.update(block_logits * (stop - start) / expert_logits.shape[0], torch.cat(targets))
+            self._finish(f"{name}_tlc_batch", metric)
+            if name == "test":
+                self.result_variants["batch"] = "test_tlc_batch"
+        self.to(previous)
 
     def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
         m = self.method_cfg
