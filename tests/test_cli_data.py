@@ -167,6 +167,81 @@ def cifar10_pack(capsys: pytest.CaptureFixture[str], small_cifar10: Path, tmp_pa
     return pack
 
 
+def write_jpeg_cifar10(root: Path, per_class: int = 30, test_per_class: int = 4) -> Path:
+    """A CIFAR-10 image-folder copy (``train|test/<class>/NNNN.jpg``) of random JPEG images."""
+    rng = np.random.default_rng(3)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for name in CIFAR10_NAMES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for number in range(count):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{number:04d}.jpg", quality=75)
+    return root
+
+
+def test_encoded_pack_keeps_the_jpeg_bytes_and_decodes_to_the_same_pixels(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source_root = write_jpeg_cifar10(tmp_path / "jpg")
+    settings = ["dataset=cifar10_lt", f"dataset.root={source_root}", "dataset.val_per_class=5"]
+    encoded, pixels = tmp_path / "enc.npz", tmp_path / "pix.npz"
+    assert run_cli(capsys, "data", "pack", *settings, "--encoded", "-o", str(encoded))[0] == 0
+    assert run_cli(capsys, "data", "pack", *settings, "-o", str(pixels))[0] == 0
+    assert encoded.stat().st_size < 0.6 * pixels.stat().st_size
+
+    load = DATASETS.get("cifar10_lt")
+    source = load(root=str(source_root), val_per_class=5)
+    packed = load(root=str(encoded), val_per_class=5)
+    for split in ("train", "val", "test"):
+        a, b = getattr(source, split), getattr(packed, split)
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.targets, b.targets)
+    assert np.array_equal(source.train_indices, packed.train_indices)
+    with np.load(encoded) as data:
+        assert "train_images" not in data.files
+        first = source_root / "train" / "airplane" / f"{source.train_indices[0]:04d}.jpg"
+        offsets = data["train_offsets"]
+        assert data["train_encoded"][offsets[0] : offsets[1]].tobytes() == first.read_bytes()
+
+
+def test_encoded_pack_refuses_pixels_that_decode_differently(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Another JPEG decoder (simulated: a recorded digest that does not match) is a clear error."""
+    import json as json_module
+
+    source_root = write_jpeg_cifar10(tmp_path / "jpg", per_class=12, test_per_class=2)
+    pack = tmp_path / "enc.npz"
+    settings = ["dataset=cifar10_lt", f"dataset.root={source_root}", "dataset.val_per_class=0"]
+    assert run_cli(capsys, "data", "pack", *settings, "--encoded", "-o", str(pack))[0] == 0
+    with np.load(pack) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json_module.loads(arrays["meta"].tobytes())
+    meta["pixels_sha256"]["test"] = "0" * 64
+    arrays["meta"] = np.frombuffer(json_module.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(pack, **arrays)
+    settings[1] = f"dataset.root={pack}"
+    line = assert_one_line_error(*run_cli(capsys, "data", "summary", *settings))
+    assert "decode to other pixels" in line and "without --encoded" in line
+
+
+def test_encoded_pack_of_arrays_is_refused(
+    capsys: pytest.CaptureFixture[str], small_cifar10: Path, tmp_path
+) -> None:
+    pack = tmp_path / "x.npz"
+    args = [
+        "data",
+        "pack",
+        "dataset=cifar10_lt",
+        f"dataset.root={small_cifar10}",
+        "--encoded",
+        "-o",
+        str(pack),
+    ]
+    line = assert_one_line_error(*run_cli(capsys, *args))
+    assert "not an image folder" in line and "without --encoded" in line and not pack.exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

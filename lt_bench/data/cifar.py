@@ -112,7 +112,7 @@ def _file_number(name: str, folder: Path) -> int:
     return int(match.group(1))
 
 
-def _list_folder(split_dir: Path, class_names: list[str]) -> list[tuple[str, int, os.stat_result]]:
+def list_folder(split_dir: Path, class_names: list[str]) -> list[tuple[str, int, os.stat_result]]:
     """``(path, label, stat)`` per image, class by class, in file-number order."""
     present = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
     if sorted(class_names) != present:
@@ -144,7 +144,7 @@ def load_folder(
             f"'{root / 'train'}' has {len(class_names)} class folders, expected {num_classes}; "
             "point dataset.root at the right copy"
         )
-    listing = {split: _list_folder(root / split, class_names) for split in ("train", "test")}
+    listing = {split: list_folder(root / split, class_names) for split in ("train", "test")}
     key = f"folder-{fingerprint([(p, st) for split in listing.values() for p, _, st in split])}"
 
     def build() -> dict[str, np.ndarray]:

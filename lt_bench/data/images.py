@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -16,7 +16,7 @@ from lt_bench.errors import DataError
 _FIX = "re-copy it from the original dataset, or remove its line from the list file"
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path | BinaryIO) -> Image.Image:
     """Fully decode ``path`` into an RGB PIL image; a missing, truncated or corrupt file raises.
 
     Decoding happens here (``load``), not lazily, so a truncated JPEG fails instead of coming back
@@ -33,8 +33,8 @@ def open_image(path: str | Path) -> Image.Image:
         raise DataError(f"image file {path} cannot be decoded ({reason}); {_FIX}") from err
 
 
-def decode_image_file(path: str | Path) -> np.ndarray:
-    """The image at ``path`` as a uint8 ``[H, W, 3]`` RGB array."""
+def decode_image_file(path: str | Path | BinaryIO) -> np.ndarray:
+    """The image at ``path`` (or in an open binary file) as a uint8 ``[H, W, 3]`` RGB array."""
     return np.asarray(open_image(path), dtype=np.uint8)
 
 
