@@ -32,7 +32,7 @@ def kernel_rows(prof: profile) -> list[tuple[str, int, float]]:
     rows = []
     for event in prof.key_averages():
         if str(event.device_type).endswith("CUDA") and event.count:
-            total = getattr(event, "self_device_time_total", None) or event.self_cuda_time_total
+            total = event.self_device_time_total
             if total > 0:
                 rows.append((event.key, event.count, float(total)))
     return sorted(rows, key=lambda row: -row[2])

@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoded",
         action="store_true",
-        help="keep the source image files' bytes, decoded when read (image-folder datasets; "
-        "the CIFAR-10 JPEG copy: about a third of the size)",
+        help="keep the source image files' bytes, decoded when read (CIFAR-LT read from a JPEG/PNG "
+        "folder copy only; the CIFAR-10 JPEG copy: about a third of the size)",
     )
     p.set_defaults(func=_cmd_pack)
     return parser

@@ -8,6 +8,8 @@ import inspect
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lt_bench.data.base import ArraySplit, LTDataset, Split
@@ -24,7 +27,8 @@ from lt_bench.data.module import LTDataModule
 from lt_bench.data.splits import test_agnostic_sets
 from lt_bench.engine.choice import choose_engine, fast_engine_device
 from lt_bench.engine.fast import FastEngine
-from lt_bench.errors import ConfigError, NonFiniteLossError
+from lt_bench.engine.stop import StopRequests
+from lt_bench.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from lt_bench.methods.base import BaseMethod
 from lt_bench.registry import DATASETS, METHODS
 from lt_bench.reports import provenance
@@ -138,6 +142,18 @@ def _trainer(cfg: DictConfig, run_dir: Path, validate_during_fit: bool, reload_l
     )
 
 
+@contextmanager
+def _lightning_stop_as_interrupt() -> Iterator[None]:
+    """Lightning ends a run on SIGTERM with ``SIGTERMException`` (a ``SystemExit`` with code 0):
+    report it as the stop it is, resumable from the last epoch checkpoint."""
+    try:
+        yield
+    except SIGTERMException as exc:
+        raise RunInterrupted(
+            "stopped by SIGTERM; the last epoch checkpoint resumes the run: run the same command again"
+        ) from exc
+
+
 def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, method: BaseMethod, engine: str) -> Path | None:
     """``<run>/checkpoints/last.ckpt`` when the run should continue from it (``resume``: auto/true/false).
 
@@ -222,36 +238,41 @@ def run(cfg: DictConfig) -> Path:
         reload_loaders=method.varies_batch_size(),
     )
 
-    resume_from = checkpoint_to_resume(cfg, run_dir, method, engine)
-    t0 = time.perf_counter()
-    step_mode = "lightning"
-    if engine == "fast":
-        fast = FastEngine(
-            method,
-            dataset.train,
-            datamodule.augment,
-            cfg,
-            fast_engine_device(cfg),
-            run_dir,
-            use_graphs=None if cfg.train.cuda_graphs else False,
-        )
-        summary = fast.fit(resume_from)
-        step_mode, epochs_done = summary.step_mode, summary.epochs
-    else:
-        trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
-        epochs_done = trainer.current_epoch
-    train_seconds = time.perf_counter() - t0
+    # on the fast engine a stop signal waits for the epoch's end (lt_bench.engine.stop); Lightning's
+    # own SIGTERM handling raises SIGTERMException at its next batch
+    with StopRequests() if engine == "fast" else nullcontext(), _lightning_stop_as_interrupt():
+        resume_from = checkpoint_to_resume(cfg, run_dir, method, engine)
+        t0 = time.perf_counter()
+        step_mode = "lightning"
+        if engine == "fast":
+            fast = FastEngine(
+                method,
+                dataset.train,
+                datamodule.augment,
+                cfg,
+                fast_engine_device(cfg),
+                run_dir,
+                use_graphs=None if cfg.train.cuda_graphs else False,
+            )
+            summary = fast.fit(resume_from)
+            step_mode, epochs_done = summary.step_mode, summary.epochs
+        else:
+            trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
+            epochs_done = trainer.current_epoch
+        train_seconds = time.perf_counter() - t0
 
-    ckpt = "best" if cfg.evaluation.checkpoint == "best_val" else None
-    t1 = time.perf_counter()
-    if dataset.val is not None:
-        trainer.validate(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    eval_seconds = time.perf_counter() - t1
-    eval_images = sum(method.results[k]["num_samples"] for k in [*test_sets, "val"] if k in method.results)
-    t2 = time.perf_counter()
-    method.test_time_stage(trainer, datamodule)
-    test_time_seconds = time.perf_counter() - t2
+        ckpt = "best" if cfg.evaluation.checkpoint == "best_val" else None
+        t1 = time.perf_counter()
+        if dataset.val is not None:
+            trainer.validate(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        eval_seconds = time.perf_counter() - t1
+        eval_images = sum(
+            method.results[k]["num_samples"] for k in [*test_sets, "val"] if k in method.results
+        )
+        t2 = time.perf_counter()
+        method.test_time_stage(trainer, datamodule)
+        test_time_seconds = time.perf_counter() - t2
     check_finite(method.results)
 
     record = {

@@ -114,7 +114,7 @@ def _sweep(
     with StopRequests() as stop:
         while queue or running:
             if stop.received:
-                _stop(running, stop.received)
+                _stop(running, stop.received, failed)
             if queue and len(running) < parallel:
                 item, record = queue.pop(0)
                 running.append(_start(item, record, gpus, running, mps_clients, threads))
@@ -152,15 +152,27 @@ def _start(
     return Running(proc, record, log, gpu)
 
 
-def _stop(running: list[Running], signal_name: str) -> NoReturn:
-    """Pass the stop request on to the running runs, wait until each has checkpointed and exited."""
+def _stop(running: list[Running], signal_name: str, failed: list[str]) -> NoReturn:
+    """Pass the stop request on to the running runs once and wait for them (a second request passes
+    on a second signal, which stops them at once); then say what became of each."""
     for run in running:
         run.proc.send_signal(signal.SIGTERM)
-    for run in running:
-        run.proc.wait()
+    try:
+        for run in running:
+            run.proc.wait()
+    except KeyboardInterrupt:
+        for run in running:
+            run.proc.send_signal(signal.SIGTERM)
+        for run in running:
+            run.proc.wait()
+    finished = [r for r in running if r.record.exists()]
+    resumable = [r for r in running if not r.record.exists() and (r.record.parent / "checkpoints").is_dir()]
+    others = len(running) - len(finished) - len(resumable)
+    earlier = f"; {len(failed)} earlier run(s) failed: {', '.join(failed)}" if failed else ""
     raise RunInterrupted(
-        f"sweep stopped by {signal_name}: {len(running)} run(s) stopped at an epoch boundary with a "
-        "checkpoint; run the same command again to resume them and the rest of the grid"
+        f"sweep stopped by {signal_name}: of the {len(running)} run(s) in progress {len(finished)} "
+        f"finished, {len(resumable)} stopped with a checkpoint, {others} stopped before their first "
+        f"checkpoint{earlier}; run the same command again to resume them and the rest of the grid"
     )
 
 

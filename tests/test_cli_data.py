@@ -224,6 +224,13 @@ def test_encoded_pack_refuses_pixels_that_decode_differently(
     line = assert_one_line_error(*run_cli(capsys, "data", "summary", *settings))
     assert "decode to other pixels" in line and "without --encoded" in line
 
+    assert meta["version"] == 2
+    meta["version"] = 3  # a format from a later lt-bench
+    arrays["meta"] = np.frombuffer(json_module.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(pack, **arrays)
+    line = assert_one_line_error(*run_cli(capsys, "data", "summary", *settings))
+    assert "format version 3" in line and "update lt-bench" in line
+
 
 def test_encoded_pack_of_arrays_is_refused(
     capsys: pytest.CaptureFixture[str], small_cifar10: Path, tmp_path
@@ -239,7 +246,8 @@ def test_encoded_pack_of_arrays_is_refused(
         str(pack),
     ]
     line = assert_one_line_error(*run_cli(capsys, *args))
-    assert "not an image folder" in line and "without --encoded" in line and not pack.exists()
+    assert "only CIFAR-LT read from an image folder" in line and "without --encoded" in line
+    assert not pack.exists()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ CPU, engine choice, and (on a GPU only) CUDA-graph steps against eager steps."""
 from __future__ import annotations
 
 import csv
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from lt_bench.data.base import ArraySplit, FileSplit
 from lt_bench.engine.choice import choose_engine
 from lt_bench.engine.fast import CAPTURABLE_AUGMENTS, FastEngine, epoch_permutation
 from lt_bench.engine.sgd import GraphSGD
+from lt_bench.engine.stop import StopRequests
+from lt_bench.errors import RunInterrupted
 from lt_bench.methods.base import BaseMethod, limited_batches
 from lt_bench.registry import METHODS
 
@@ -319,3 +323,37 @@ def test_steps_marked_capturable_never_read_back_to_the_host(case: str, monkeypa
                 with HostSyncDetector() as detector:
                     step(*args)
                 assert detector.found == [], (case, epoch, detector.found)
+
+
+def test_stop_requests_end_the_fast_engine_before_training_and_after_the_last_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop requested before training starts trains nothing; one in the last epoch still raises,
+    and the resumed run trains no further epoch (it goes straight to evaluation)."""
+    split = _synthetic()
+    cfg = compose(
+        ["experiment=cifar10_lt/ce", "backbone=small_cnn", "data.batch_size=32", "trainer.max_epochs=2"]
+    )
+    method, augment = _method_and_augment(cfg, split)
+    engine = FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path)
+    with StopRequests() as stop:
+        stop.received = "SIGTERM"
+        with pytest.raises(RunInterrupted, match="before training epoch 1"):
+            engine.fit()
+    assert not engine.checkpoint_path.exists()
+
+    start = method.on_train_epoch_start
+
+    def signal_in_last_epoch() -> None:
+        start()
+        if method.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(method, "on_train_epoch_start", signal_in_last_epoch)
+    with pytest.raises(RunInterrupted, match="after epoch 2 of 2"):
+        engine.fit()
+    assert torch.load(engine.checkpoint_path, weights_only=False)["next_epoch"] == 2
+    resumed_method, _ = _method_and_augment(cfg, split)
+    resumed = FastEngine(resumed_method, split, augment, cfg, torch.device("cpu"), tmp_path)
+    assert resumed.fit(engine.checkpoint_path).epoch_seconds == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

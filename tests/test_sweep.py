@@ -127,13 +127,16 @@ def test_sigterm_to_a_sweep_stops_its_runs_at_an_epoch_boundary(tmp_path: Path) 
         text=True,
     )
     deadline = time.monotonic() + 300
-    while len(list(tmp_path.glob("*/checkpoints/last.ckpt"))) < 2 and time.monotonic() < deadline:
+    while len(list(tmp_path.glob("*/checkpoints/last.ckpt"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the runs never checkpointed"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
-    assert "2 run(s) stopped at an epoch boundary" in stderr
-    for log in tmp_path.glob("*.log"):
+    assert "of the 2 run(s) in progress 0 finished, 2 stopped with a checkpoint" in stderr
+    logs = list(tmp_path.glob("*.log"))
+    assert len(logs) == 2
+    for log in logs:
         assert "stopped by SIGTERM after epoch" in log.read_text()
     assert not list(tmp_path.glob("*/record.json"))
 

@@ -443,12 +443,12 @@ def test_per_sample_weights_favour_expert_zero_unlike_the_batch_weights() -> Non
 
 
 # --- the official batch aggregation as a second evaluation ---------------------------------------------
-def _fake_trainer() -> SimpleNamespace:
+def _fake_trainer(limit: int | float = 1.0, rank: int = 0, world_size: int = 1) -> SimpleNamespace:
     return SimpleNamespace(
         strategy=SimpleNamespace(root_device=torch.device("cpu")),
-        limit_test_batches=1.0,
-        global_rank=0,
-        world_size=1,
+        limit_test_batches=limit,
+        global_rank=rank,
+        world_size=world_size,
         precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
     )
 
@@ -479,6 +479,22 @@ def test_batch_aggregation_is_scored_on_blocks_of_consecutive_images() -> None:
     assert result["num_samples"] == 10
     assert result["top1"] == pytest.approx((logits.argmax(1) == targets).float().mean().item())
     assert result["nll"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+
+
+def test_batch_aggregation_scores_the_images_the_main_evaluation_scored() -> None:
+    """limit_test_batches=1 at eval batch 3: one process scores images 0-2, two processes 0-5 (each
+    every second image); the blocks of 4 split them between the processes."""
+    rng = np.random.default_rng(1)
+    test = ArraySplit(rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8), np.arange(10) % 4)
+    one = build("method.batch_eval_size=4").eval()
+    one.test_time_stage(_fake_trainer(limit=1), _datamodule(test))
+    assert one.results["test_tlc_batch"]["num_samples"] == 3
+    counts = []
+    for rank in (0, 1):
+        part = build("method.batch_eval_size=4").eval()
+        part.test_time_stage(_fake_trainer(limit=1, rank=rank, world_size=2), _datamodule(test))
+        counts.append(part.results["test_tlc_batch"]["num_samples"])
+    assert counts == [4, 2]  # block 0 (images 0-3) on rank 0, block 1 (images 4-5) on rank 1
 
 
 def test_batch_aggregation_evaluation_off() -> None:

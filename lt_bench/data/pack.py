@@ -30,6 +30,7 @@ from lt_bench.data.images import decode_image_file
 from lt_bench.errors import DataError
 
 PACK_VERSION = 1
+ENCODED_PACK_VERSION = 2  # splits as the source files' bytes (``--encoded``)
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
@@ -42,8 +43,9 @@ def source_files(dataset: LTDataset) -> dict[str, list[str]]:
     source = str(dataset.info.get("source", ""))
     if not source.startswith("folder:") or dataset.train_indices is None:
         raise DataError(
-            f"an encoded pack keeps the source image files' bytes, but '{dataset.name}' was read from "
-            f"'{source or 'arrays'}', not an image folder; pack it without --encoded"
+            f"an encoded pack keeps the source image files' bytes, so only CIFAR-LT read from an image "
+            f"folder copy can be packed so; '{dataset.name}' was read from '{source or 'arrays'}': pack "
+            "it without --encoded"
         )
     root = Path(source.split(":", 1)[1])
     listing = {
@@ -103,7 +105,7 @@ def write_pack(dataset: LTDataset, path: Path, compress: bool = False, encoded: 
     if dataset.train_indices is not None:
         arrays["train_indices"] = dataset.train_indices
     meta = {
-        "version": PACK_VERSION,
+        "version": ENCODED_PACK_VERSION if encoded else PACK_VERSION,
         "name": dataset.name,
         "class_names": dataset.class_names,
         "info": _jsonable(dataset.info),
@@ -127,6 +129,11 @@ def read_pack(path: Path, expect: dict[str, Any] | None = None) -> LTDataset:
         meta = json.loads(arrays.pop("meta").tobytes())
     except Exception as exc:
         raise DataError(f"pack file '{path}' is unreadable ({type(exc).__name__}); write it again") from exc
+    if meta.get("version", PACK_VERSION) > ENCODED_PACK_VERSION:
+        raise DataError(
+            f"pack '{path}' has format version {meta['version']}, newer than this lt-bench reads "
+            f"({ENCODED_PACK_VERSION}); update lt-bench or pack the dataset again with this one"
+        )
     info = meta["info"]
     for key, wanted in (expect or {}).items():
         found = meta["name"] if key == "name" else info.get(key)

@@ -233,13 +233,10 @@ class FastEngine:
         started = time.perf_counter()
         epoch_seconds = []
         with StopRequests() as stop:
+            self._stop_if_requested(stop, self.start_epoch)
             for epoch in range(self.start_epoch, self.max_epochs):
                 epoch_seconds.append(self._epoch(epoch, num_samples))
-                if stop.received and epoch + 1 < self.max_epochs:
-                    raise RunInterrupted(
-                        f"stopped by {stop.received} after epoch {epoch + 1} of {self.max_epochs}; "
-                        f"checkpoint '{self.checkpoint_path}': run the same command again to resume"
-                    )
+                self._stop_if_requested(stop, epoch + 1)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.method.engine_epoch = self.max_epochs - 1 if self.max_epochs > 0 else 0
@@ -254,6 +251,21 @@ class FastEngine:
             captures=self.captures,
             notes=self.notes,
             epoch_seconds=epoch_seconds,
+        )
+
+    def _stop_if_requested(self, stop: StopRequests, epochs_done: int) -> None:
+        """Raise ``RunInterrupted`` once a stop was requested (checked before training and after each
+        epoch, the last included: a resumed run then goes straight to evaluation)."""
+        if stop.received is None:
+            return
+        if epochs_done == self.start_epoch:
+            raise RunInterrupted(
+                f"stopped by {stop.received} before training epoch {epochs_done + 1}; run the same "
+                "command again to continue"
+            )
+        raise RunInterrupted(
+            f"stopped by {stop.received} after epoch {epochs_done} of {self.max_epochs}; checkpoint "
+            f"'{self.checkpoint_path}': run the same command again to resume"
         )
 
     def _epoch(self, epoch: int, num_samples: int) -> float:

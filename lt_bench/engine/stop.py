@@ -1,4 +1,4 @@
-"""Stop requests (SIGTERM, SIGINT) that end a run at the next epoch boundary instead of at once.
+"""Stop requests (SIGTERM, SIGINT, SIGHUP) that end a run at the next epoch boundary instead of at once.
 
 A process killed mid-step loses the epoch it was in, and under CUDA MPS a client torn down mid-kernel
 can take the other clients of its GPU down with it (seen on an H200: illegal memory access in the
@@ -10,20 +10,36 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType, TracebackType
+from typing import ClassVar
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StopRequests:
-    """While active (main thread only), the first SIGTERM / SIGINT sets ``received`` to its name."""
+    """While active (main thread only), the first stop signal sets ``received`` to its name.
+
+    One instance is active at a time: entering another while one is active shares the active one
+    (``current``), so a caller (the runner, a sweep) and the engine see the same request.
+    """
+
+    _active: ClassVar[StopRequests | None] = None
 
     def __init__(self) -> None:
         self.received: str | None = None
         self._saved: dict[int, object] = {}
+        self._owner = False
+
+    @classmethod
+    def current(cls) -> StopRequests | None:
+        return cls._active
 
     def __enter__(self) -> StopRequests:
+        active = StopRequests._active
+        if active is not None:
+            return active
         if threading.current_thread() is threading.main_thread():
             self._saved = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        StopRequests._active, self._owner = self, True
         return self
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
@@ -34,5 +50,8 @@ class StopRequests:
     def __exit__(
         self, _type: type[BaseException] | None, _exc: BaseException | None, _tb: TracebackType | None
     ) -> None:
+        if not self._owner:
+            return
         for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        StopRequests._active, self._owner = None, False

@@ -386,10 +386,11 @@ class TLC(MultiExpertMethod):
         self.to(device).eval()
         eval_size = datamodule.eval_batch_size
         for name, split in datamodule.test_sets.items():
-            scored = min(
-                len(split),
-                eval_size * limited_batches(trainer.limit_test_batches, math.ceil(len(split) / eval_size)),
-            )
+            # the main evaluation scores limit_test_batches batches per process, each process every
+            # world_size-th image (UnrepeatedDistributedSampler): together the leading images
+            per_pass = eval_size * trainer.world_size
+            passes = limited_batches(trainer.limit_test_batches, math.ceil(len(split) / per_pass))
+            scored = min(len(split), per_pass * passes)
             metric = LTMetrics(self.class_counts.long().tolist()).to(device)
             for block in range(trainer.global_rank, math.ceil(scored / size), trainer.world_size):
                 start, stop = block * size, min((block + 1) * size, scored)
