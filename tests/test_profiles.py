@@ -209,3 +209,16 @@ def test_balanced_profile_has_the_exponential_total_spread_evenly() -> None:
 
     assert counts(5000, 10, 100, "balanced") == [1240] * 10  # 12,406 // 10
     assert counts(500, 100, 100, "balanced") == [108] * 100  # 10,847 // 100
+
+
+def test_tlc_profile_is_tlcs_own_generator() -> None:
+    """methods.md §0.1: TLC keeps int(n_max·exp(-i/d) + 0.5) + 1 images (at most n_max): CIFAR-10
+    5000 … 84, CIFAR-100 500 … 7 with 11,222 images; no imbalance factor."""
+    c10 = class_counts(5000, 10, 100, "tlc")
+    assert c10[0] == 5000 and c10[-1] == 84 and sum(c10) == 13_540
+    assert c10 == class_counts(5000, 10, 1, "tlc")  # the imbalance factor plays no part
+    assert c10[1] == int(5000 * np.exp(-1 / 2.1971) + 0.5) + 1 == 3173
+    c100 = class_counts(500, 100, 100, "tlc")
+    assert c100[0] == 500 and c100[-1] == 7 and sum(c100) == 11_222
+    with pytest.raises(ConfigError, match="tlc profile exists for"):
+        class_counts(100, 7, 100, "tlc")

@@ -12,11 +12,15 @@ Every class array has the same length, so each shuffle consumes the same randomn
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lt_bench.errors import ConfigError
 
-PROFILES = ("exp", "step", "balanced")
+PROFILES = ("exp", "step", "balanced", "tlc")
+#: TLC's ``decay_stride`` per class count (lblaoke/TLC ``data_loader/imbalance_cifar.py``)
+TLC_DECAY_STRIDE = {10: 2.1971, 100: 21.9714}
 
 
 def check_imbalance_factor(imbalance_factor: float) -> float:
@@ -43,6 +47,11 @@ def class_counts(
     ``n_max``, the rest get ``int(n_max / IF)``.
     ``balanced``: the balanced variant of the ``exp`` set for relative accuracy (survey §4.1,
     metrics.md §2.2): ``int(sum(exp counts) / C)`` images per class, the same total size.
+    ``tlc``: TLC's own generator (methods.md §0.1, §2.7), which has no imbalance factor (the argument
+    is ignored): ``n_i = int(n_max · exp(-i / d) + 0.5)``, of which TLC keeps ``n_i + 1`` images (at
+    most the ``n_max`` there are), ``d`` = 2.1971 for 10 classes and 21.9714 for 100: CIFAR-10 5000
+    … 84 (13,540 images, effective IF ≈ 60), CIFAR-100 500 … 7 (11,222, IF ≈ 71). The subset is then
+    drawn as for every profile (seeded; TLC's own shuffle is unseeded).
     """
     imbalance_factor = check_imbalance_factor(imbalance_factor)
     if profile == "exp":
@@ -52,6 +61,14 @@ def class_counts(
     if profile == "balanced":
         total = sum(class_counts(n_max, num_classes, imbalance_factor, "exp"))
         return [total // num_classes] * num_classes
+    if profile == "tlc":
+        if num_classes not in TLC_DECAY_STRIDE:
+            raise ConfigError(
+                f"the tlc profile exists for {sorted(TLC_DECAY_STRIDE)} classes (TLC's CIFAR generators), "
+                f"not {num_classes}; use profile exp"
+            )
+        stride = TLC_DECAY_STRIDE[num_classes]
+        return [min(n_max, int(n_max * math.exp(-i / stride) + 0.5) + 1) for i in range(num_classes)]
     if profile == "step":
         n_minor = int(step_fraction * num_classes)
         return [n_max] * (num_classes - n_minor) + [int(n_max / imbalance_factor)] * n_minor
