@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from lt_bench.cli import main
+from lt_bench.data.cache import cache_dir
 from lt_bench.registry import DATASETS
 
 CIFAR10_NAMES = [
@@ -197,6 +198,11 @@ def test_encoded_pack_keeps_the_jpeg_bytes_and_decodes_to_the_same_pixels(
         a, b = getattr(source, split), getattr(packed, split)
         assert np.array_equal(a.images, b.images) and np.array_equal(a.targets, b.targets)
     assert np.array_equal(source.train_indices, packed.train_indices)
+    cached = list((cache_dir() / "decoded").glob("pack-*.npz"))
+    assert len(cached) == 1  # decoded once into the user's cache; a second load reads it
+    again = load(root=str(encoded), val_per_class=5)
+    assert np.array_equal(again.train.images, source.train.images)
+    assert list((cache_dir() / "decoded").glob("pack-*.npz")) == cached
     with np.load(encoded) as data:
         assert "train_images" not in data.files
         first = source_root / "train" / "airplane" / f"{source.train_indices[0]:04d}.jpg"

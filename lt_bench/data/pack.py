@@ -26,6 +26,7 @@ import PIL
 
 from lt_bench.data import cifar
 from lt_bench.data.base import ArraySplit, LTDataset
+from lt_bench.data.cache import cached_arrays, fingerprint
 from lt_bench.data.images import decode_image_file
 from lt_bench.errors import DataError
 
@@ -78,6 +79,23 @@ def _decode(encoded: np.ndarray, offsets: np.ndarray, workers: int = 8) -> np.nd
     pieces = [io.BytesIO(data[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     with ThreadPoolExecutor(workers) as pool:
         return np.stack(list(pool.map(decode_image_file, pieces)))
+
+
+def _decode_splits(
+    path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], names: list[str]
+) -> dict[str, np.ndarray]:
+    """``<split>_images`` of an encoded pack, each checked against the digest written with it."""
+    decoded = {}
+    for name in names:
+        images = _decode(arrays[f"{name}_encoded"], arrays[f"{name}_offsets"])
+        if _pixels_digest(images) != meta["pixels_sha256"][name]:
+            raise DataError(
+                f"pack '{path}': its {name} images decode to other pixels on this machine than where "
+                f"it was written (another JPEG decoder; Pillow {PIL.__version__}); write a pack "
+                "without --encoded for this machine"
+            )
+        decoded[f"{name}_images"] = images
+    return decoded
 
 
 def write_pack(dataset: LTDataset, path: Path, compress: bool = False, encoded: bool = False) -> Path:
@@ -143,16 +161,12 @@ def read_pack(path: Path, expect: dict[str, Any] | None = None) -> LTDataset:
                 "pack the dataset again with the same settings"
             )
 
+    encoded = [name for name in ("train", "val", "test") if f"{name}_encoded" in arrays]
+    if encoded:  # decoded once per pack file into the user's cache
+        key = f"pack-{fingerprint([(str(path.resolve()), path.stat())])}"
+        arrays.update(cached_arrays(key, lambda: _decode_splits(path, arrays, meta, encoded)))
+
     def split(name: str) -> ArraySplit | None:
-        if f"{name}_encoded" in arrays:
-            images = _decode(arrays[f"{name}_encoded"], arrays[f"{name}_offsets"])
-            if _pixels_digest(images) != meta["pixels_sha256"][name]:
-                raise DataError(
-                    f"pack '{path}': its {name} images decode to other pixels on this machine than where "
-                    f"it was written (another JPEG decoder; Pillow {PIL.__version__}); write a pack "
-                    "without --encoded for this machine"
-                )
-            return ArraySplit(images, arrays[f"{name}_targets"])
         if f"{name}_images" not in arrays:
             return None
         return ArraySplit(arrays[f"{name}_images"], arrays[f"{name}_targets"])
