@@ -48,7 +48,7 @@ class FitSummary:
     epochs: int
     train_seconds: float
     train_images: int
-    step_mode: str  # "graph", "graph (eager views)" or "eager"
+    step_mode: str  # "graph", "graph (eager views)", "eager (graph views)" or "eager"
     captures: int = 0
     notes: list[str] = field(default_factory=list)
     #: wall seconds of each epoch this process ran (its end is synchronised by reading the loss)
@@ -84,11 +84,14 @@ class FastEngine:
         self.max_epochs = int(cfg.trainer.max_epochs)
         self.seed = int(cfg.seed)
         self.skip_nonfinite = cfg.train.nonfinite_loss == "skip"
-        self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
-        self.use_graphs = self.use_graphs and method.graph_capturable and not self.skip_nonfinite
+        graphs_allowed = device.type == "cuda" if use_graphs is None else use_graphs
+        self.use_graphs = graphs_allowed and method.graph_capturable and not self.skip_nonfinite
         self.views_in_graph = (
             method.views_capturable if method.raw_train_batches else augment.name in CAPTURABLE_AUGMENTS
         )
+        # a step that cannot be captured (CAR's exact SVD) still replays its views as a graph
+        self.view_graphs_only = graphs_allowed and not self.use_graphs and self.views_in_graph
+        self.view_graphs: dict[tuple[Hashable, int], tuple[Any, Tensor, tuple[Tensor, ...]]] = {}
         self.autocast = str(cfg.trainer.get("precision", "32-true")) == "bf16-mixed"
         self.channels_last = bool(cfg.train.channels_last)
         method.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
@@ -222,6 +225,40 @@ class FastEngine:
                 target.copy_(source)
         graph.replay()
 
+    def _view_graph_step(self, index: Tensor, key: tuple[Hashable, int]) -> None:
+        """An eager step on views replayed from a captured graph (one per variant and batch size;
+        the first step of each eager, as a warm-up); views that cannot be captured run eagerly from
+        then on."""
+        entry = self.view_graphs.get(key)
+        if entry is None:
+            if key not in self.warmups:
+                self.warmups[key] = 1
+                self._eager_step(index)
+                return
+            for old in [k for k in self.view_graphs if k[0] != key[0]]:
+                del self.view_graphs[old]
+            static_index = index.clone()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    static_inputs = self._inputs(static_index)
+            except RuntimeError as err:
+                reason = " ".join(str(err).split())[:200]
+                self.notes.append(f"views not capturable ({reason}); eager from epoch {self.method.epoch}")
+                print(f"lt-bench: note: {self.notes[-1]}", flush=True)
+                self.view_graphs_only = False
+                torch.cuda.synchronize()
+                self._eager_step(index)
+                return
+            self.captures += 1
+            entry = self.view_graphs[key] = (graph, static_index, static_inputs)
+        graph, static_index, static_inputs = entry
+        static_index.copy_(index)
+        graph.replay()
+        self.method.batch_indices = static_index
+        self._zero_grad()
+        self._loss_and_update(static_inputs)
+
     # --- epochs --------------------------------------------------------------------------------
     def fit(self, resume_from: Path | None = None) -> FitSummary:
         if resume_from is not None:
@@ -240,7 +277,7 @@ class FastEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.method.engine_epoch = self.max_epochs - 1 if self.max_epochs > 0 else 0
-        mode = "eager"
+        mode = "eager (graph views)" if self.view_graphs_only else "eager"
         if self.use_graphs:
             mode = "graph" if self.views_in_graph else "graph (eager views)"
         return FitSummary(
@@ -289,6 +326,8 @@ class FastEngine:
             index = order[b * batch_size : (b + 1) * batch_size]
             if self.use_graphs:
                 self._graph_step(index, (variant, len(index)))
+            elif self.view_graphs_only:
+                self._view_graph_step(index, (variant, len(index)))
             else:
                 self._eager_step(index)
             self.method.train_images_seen += len(index)
