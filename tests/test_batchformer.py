@@ -28,7 +28,7 @@ from lt_bench.methods.batchformer import (
     resolve_host_options,
     ride_heads,
 )
-from lt_bench.methods.mdcs import MDCS, mdcs_loss
+from lt_bench.methods.mdcs import MDCS, cs_weight, mdcs_loss
 from lt_bench.methods.sade import SADE, sade_expert_losses
 from lt_bench.methods.tlc import TLC, aggregate_experts, engagement_weights, log_engagement_weights
 from lt_bench.registry import METHODS
@@ -419,7 +419,9 @@ def host_loss_by_hand(host: str, method, logits: torch.Tensor, targets: torch.Te
     if host == "sade":
         return sade_expert_losses(logits, targets, method.class_prior, m.tau).sum()
     if host == "mdcs":
-        return mdcs_loss(logits, targets, method.class_counts, m.lambdas, 1)["loss"]
+        return mdcs_loss(
+            logits, targets, method.class_counts, m.lambdas, cs_weight(1, m.cs_weight, m.cs_warmup)
+        )["loss"]
     w = engagement_weights(logits)
     outputs = {
         "expert_logits": logits,
@@ -456,15 +458,17 @@ def test_multi_expert_loss_is_the_weighted_sum_of_both_streams(host: str) -> Non
     )
 
 
-def test_mdcs_host_builds_its_views_and_keeps_its_step_variants() -> None:
+def test_mdcs_host_builds_its_views_and_keeps_its_epoch_state() -> None:
     method = build_multi("mdcs", "data.crop_padding=1", "data.cutout_size=2")
     images = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
     views, labels = method.train_views(images, torch.tensor([0, 1, 2, 3]))
     assert views.shape == (8, 3, 8, 8) and labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     loss, terms = method.training_loss(views, labels)
     assert torch.isfinite(loss) and set(terms) == {"loss_bt", "loss_plain"}
-    method.engine_epoch = 30
-    assert method.step_variant() == 20
+    method.engine_epoch = 4
+    method.on_train_epoch_start()  # the host's consistency weight, epoch 5 of a 20-epoch ramp
+    assert method.cs_coef.item() == pytest.approx(0.6 * 5 / 20)
+    assert method.step_variant() is None  # one captured step serves the whole ramp
     tlc = build_multi("tlc")
     tlc.engine_epoch = 7
     assert tlc.step_variant() is False  # TLC's variant: DRW on or off

@@ -131,11 +131,12 @@ def test_method_loss_uses_the_one_indexed_epoch() -> None:
     dl = diversity_loss(adjusted, targets).sum()
     cs = consistency_loss(adjusted, targets[:4]).sum()
     for current_epoch in (0, 4, 30):
-        method.trainer = SimpleNamespace(current_epoch=current_epoch)
+        method.trainer = SimpleNamespace(current_epoch=current_epoch, global_rank=0)
+        method.on_train_epoch_start()  # sets the epoch's consistency weight (a device buffer)
         got = method.compute_loss({"expert_logits": logits}, targets)
         weight = 0.6 * min((current_epoch + 1) / 20, 1.0)
         assert got.item() == pytest.approx((dl + weight * cs).item(), rel=1e-5)
-    terms = mdcs_loss(logits, targets, counts, LAMBDAS, 1)
+    terms = mdcs_loss(logits, targets, counts, LAMBDAS, cs_weight(1))
     assert terms["dl"].shape == (3,) and terms["cs"].shape == (3,)
 
 

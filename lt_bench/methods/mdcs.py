@@ -100,18 +100,17 @@ def mdcs_loss(
     targets: Tensor,
     class_counts: Tensor,
     lambdas: Sequence[float],
-    epoch: int,
+    cs_coef: float | Tensor,
     *,
-    cs_weight_max: float = 0.6,
-    cs_warmup: int = 20,
     temperature: float = 1.0,
 ) -> dict[str, Tensor]:
-    """``L = Σ_k L_DL,k + cs_weight(epoch) Σ_k L_CS,k`` for expert logits ``[E, 2B, C]`` (weak views
-    first) and the duplicated labels ``[2B]``. Returns ``loss``, ``dl`` ``[E]`` and ``cs`` ``[E]``."""
+    """``L = Σ_k L_DL,k + w_cs Σ_k L_CS,k`` (``w_cs = cs_weight(epoch)``) for expert logits
+    ``[E, 2B, C]`` (weak views first) and the duplicated labels ``[2B]``. Returns ``loss``, ``dl``
+    ``[E]`` and ``cs`` ``[E]``."""
     adjusted = adjusted_logits(expert_logits, class_counts, lambdas)
     dl = diversity_loss(adjusted, targets)
     cs = consistency_loss(adjusted, targets[: targets.shape[0] // 2], temperature)
-    loss = dl.sum() + cs_weight(epoch, cs_weight_max, cs_warmup) * cs.sum()
+    loss = dl.sum() + cs_coef * cs.sum()
     return {"loss": loss, "dl": dl, "cs": cs}
 
 
@@ -169,6 +168,11 @@ class MDCS(MultiExpertMethod):
             raise ConfigError(
                 f"method.strong_augment='{m.strong_augment}'; valid: {', '.join(STRONG_AUGMENTS)}"
             )
+        # the consistency weight lives on the device, set at each epoch start, so that one captured
+        # training step serves the whole warm-up ramp
+        self.register_buffer(
+            "cs_coef", torch.tensor(cs_weight(1, m.cs_weight, m.cs_warmup)), persistent=False
+        )
 
     # --- views ---------------------------------------------------------------------------------
     def _normalize(self, images: Tensor) -> Tensor:
@@ -202,9 +206,7 @@ class MDCS(MultiExpertMethod):
             targets,
             self.class_counts,
             m.lambdas,
-            self.epoch + 1,  # the official trainer counts epochs from 1
-            cs_weight_max=m.cs_weight,
-            cs_warmup=m.cs_warmup,
+            self.cs_coef,
             temperature=m.temperature,
         )
 
@@ -231,6 +233,7 @@ class MDCS(MultiExpertMethod):
         terms = self.loss_terms(self(images), targets)
         return terms["loss"], {"dl": terms["dl"].sum().detach(), "cs": terms["cs"].sum().detach()}
 
-    def step_variant(self) -> int:
-        """The consistency weight ramps up over ``cs_warmup`` epochs, then stays."""
-        return min(self.epoch + 1, self.method_cfg.cs_warmup)
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        m = self.method_cfg
+        self.cs_coef.fill_(cs_weight(self.epoch + 1, m.cs_weight, m.cs_warmup))  # epochs counted from 1
