@@ -36,27 +36,32 @@ METHOD_LIST = (
 REFERENCE_SECONDS = {"ce": 1.1, "balanced_softmax": 1.1, "ldam_drw": 1.1, "sade": 3.0}
 
 
+def fast_engine(name: str, overrides: list[str], run_dir: Path, use_graphs: bool | None = None) -> FastEngine:
+    """The fast engine of experiment ``cifar10_lt/<name>`` with ``overrides``, as ``lt-bench run``
+    builds it (``engine.cfg``, ``engine.device``; the method on the dataset's training split)."""
+    cfg = compose([f"experiment=cifar10_lt/{name}", *overrides])
+    dataset = build_dataset(cfg.dataset)
+    method = METHODS.get(cfg.method.name)(
+        cfg=cfg, train_counts=dataset.train_counts.tolist(), in_channels=dataset.train.images.shape[-1]
+    )
+    augment = BatchAugment.from_config(cfg)
+    return FastEngine(method, dataset.train, augment, cfg, fast_engine_device(cfg), run_dir, use_graphs)
+
+
 def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
     stages = []
     if name == "sbcl":  # times stage 1 (contrastive, batch 1024); one stage-2 epoch follows, not timed
         stages = [f"method.stage1_epochs={epochs}", "method.stage2_epochs=1"]
     total = epochs + 1 if stages else epochs
     overrides = [f"dataset.root={root}", f"trainer.max_epochs={total}", *stages, *extra]
-    cfg = compose([f"experiment=cifar10_lt/{name}", *overrides])
-    dataset = build_dataset(cfg.dataset)
-    counts = dataset.train_counts.tolist()
-    method = METHODS.get(cfg.method.name)(
-        cfg=cfg, train_counts=counts, in_channels=dataset.train.images.shape[-1]
-    )
-    augment = BatchAugment.from_config(cfg)
-    device = fast_engine_device(cfg)
-    if device.type == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as run_dir:
-        engine = FastEngine(method, dataset.train, augment, cfg, device, Path(run_dir))
+        engine = fast_engine(name, overrides, Path(run_dir))
         started = time.perf_counter()
         summary = engine.fit()
         wall = time.perf_counter() - started
+    cfg, device = engine.cfg, engine.device
     timed = summary.epoch_seconds[:epochs]
     steady = statistics.median(timed[1:] or timed)
     return {
@@ -65,7 +70,7 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
         "epochs_timed": epochs,
         "first_epoch_s": round(summary.epoch_seconds[0], 3),
         "seconds_per_epoch": round(steady, 4),
-        "images_per_second": round(len(dataset.train) / steady, 1),
+        "images_per_second": round(len(engine.targets) / steady, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
         if device.type == "cuda"
         else None,

@@ -17,14 +17,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from epoch_times import fast_engine
 from torch.profiler import ProfilerActivity, profile
-
-from lt_bench.config import compose
-from lt_bench.data.augment import BatchAugment
-from lt_bench.engine.choice import fast_engine_device
-from lt_bench.engine.fast import FastEngine
-from lt_bench.registry import METHODS
-from lt_bench.runner import build_dataset
 
 
 def kernel_rows(prof: profile) -> list[tuple[str, int, float]]:
@@ -48,17 +42,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args()
-    cfg = compose([f"experiment=cifar10_lt/{args.method}", f"dataset.root={args.root}", *args.overrides])
-    dataset = build_dataset(cfg.dataset)
-    method = METHODS.get(cfg.method.name)(
-        cfg=cfg, train_counts=dataset.train_counts.tolist(), in_channels=dataset.train.images.shape[-1]
-    )
-    device = fast_engine_device(cfg)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as FastEngine.fit trains
-    with tempfile.TemporaryDirectory() as run_dir:
-        engine = FastEngine(
-            method, dataset.train, BatchAugment.from_config(cfg), cfg, device, Path(run_dir), use_graphs=False
+    with tempfile.TemporaryDirectory() as run_dir:  # nothing is written: no fit, no checkpoint
+        engine = fast_engine(
+            args.method, [f"dataset.root={args.root}", *args.overrides], Path(run_dir), False
         )
+    cfg, device, method = engine.cfg, engine.device, engine.method
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as FastEngine.fit trains
     method.engine_epoch = 0
     method.train()
     method.on_train_epoch_start()

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mps",
         action="store_true",
-        help="start a CUDA MPS daemon for the sweep, so the processes' kernels run side by side on a GPU",
+        help="one CUDA MPS daemon per GPU for the sweep, so the processes' kernels run side by side",
     )
     p.set_defaults(func=_cmd_sweep)
 

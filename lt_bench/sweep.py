@@ -155,16 +155,17 @@ def _start(
 def _stop(running: list[Running], signal_name: str, failed: list[str]) -> NoReturn:
     """Pass the stop request on to the running runs once and wait for them (a second request passes
     on a second signal, which stops them at once); then say what became of each."""
-    for run in running:
-        run.proc.send_signal(signal.SIGTERM)
-    try:
-        for run in running:
-            run.proc.wait()
-    except KeyboardInterrupt:
+
+    def signal_and_wait() -> None:
         for run in running:
             run.proc.send_signal(signal.SIGTERM)
         for run in running:
             run.proc.wait()
+
+    try:
+        signal_and_wait()
+    except KeyboardInterrupt:
+        signal_and_wait()
     finished = [r for r in running if r.record.exists()]
     resumable = [r for r in running if not r.record.exists() and (r.record.parent / "checkpoints").is_dir()]
     others = len(running) - len(finished) - len(resumable)
@@ -188,7 +189,7 @@ def visible_gpus() -> list[str]:
 
 def least_loaded(gpus: list[str], busy: list[str | None]) -> str:
     """The GPU with the fewest running processes (the first such in ``gpus``)."""
-    return min(gpus, key=lambda gpu: (busy.count(gpu), gpus.index(gpu)))
+    return min(gpus, key=busy.count)  # min keeps the first of equals
 
 
 class Running(NamedTuple):

@@ -182,10 +182,7 @@ class FastEngine:
                     inputs = static["inputs"]
                 self._loss_and_update(inputs)
         except RuntimeError as err:  # views first fall back to eager, then the whole step
-            reason = " ".join(str(err).split())[:200]
-            what = "views" if self.views_in_graph else "step"
-            self.notes.append(f"{what} not capturable ({reason}); eager from epoch {self.method.epoch}")
-            print(f"lt-bench: note: {self.notes[-1]}", flush=True)
+            self._note_uncapturable("views" if self.views_in_graph else "step", err)
             if self.views_in_graph:
                 self.views_in_graph = False
             else:
@@ -196,6 +193,12 @@ class FastEngine:
         self.captures += 1
         self.static[key] = static
         return graph
+
+    def _note_uncapturable(self, what: str, err: RuntimeError) -> None:
+        """Record and print that ``what`` (views or step) runs eagerly from this epoch on, and why."""
+        reason = " ".join(str(err).split())[:200]
+        self.notes.append(f"{what} not capturable ({reason}); eager from epoch {self.method.epoch}")
+        print(f"lt-bench: note: {self.notes[-1]}", flush=True)
 
     def _graph_step(self, index: Tensor, key: tuple[Hashable, int]) -> None:
         graph, fresh = self.graphs.get(key), False
@@ -243,9 +246,7 @@ class FastEngine:
                 with torch.cuda.graph(graph):
                     static_inputs = self._inputs(static_index)
             except RuntimeError as err:
-                reason = " ".join(str(err).split())[:200]
-                self.notes.append(f"views not capturable ({reason}); eager from epoch {self.method.epoch}")
-                print(f"lt-bench: note: {self.notes[-1]}", flush=True)
+                self._note_uncapturable("views", err)
                 self.view_graphs_only = False
                 torch.cuda.synchronize()
                 self._eager_step(index)

@@ -18,8 +18,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 class StopRequests:
     """While active (main thread only), the first stop signal sets ``received`` to its name.
 
-    One instance is active at a time: entering another while one is active shares the active one
-    (``current``), so a caller (the runner, a sweep) and the engine see the same request.
+    One instance is active at a time: entering another while one is active returns the active one,
+    so a caller (the runner, a sweep) and the engine see the same request.
     """
 
     _active: ClassVar[StopRequests | None] = None
@@ -28,10 +28,6 @@ class StopRequests:
         self.received: str | None = None
         self._saved: dict[int, object] = {}
         self._owner = False
-
-    @classmethod
-    def current(cls) -> StopRequests | None:
-        return cls._active
 
     def __enter__(self) -> StopRequests:
         active = StopRequests._active

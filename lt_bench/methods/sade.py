@@ -98,6 +98,12 @@ class MultiExpertMethod(BaseMethod):
     def forward(self, images: Tensor) -> Outputs:
         return self.expert_outputs(self.trunk(images), images.shape[0])
 
+    def _expert_logits(self, images: Tensor, trainer: L.Trainer) -> Tensor:
+        """Expert logits ``[E, B, C]`` (float) of normalised images, without gradients, under the
+        trainer's precision (test-time stages)."""
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            return self.trunk(images)["expert_logits"].float()
+
     def expert_outputs(self, out: Outputs, batch: int) -> Outputs:
         """The method's outputs from the trunk's ``expert_features`` / ``expert_logits`` of ``batch``
         images: mean logits here; hosts with their own aggregation (TLC) override this."""
@@ -275,10 +281,6 @@ class SADE(MultiExpertMethod):
             for name in names:
                 self._aggregate_on(name, datamodule.test_sets[name], trainer, datamodule)
         self.to(previous)
-
-    def _expert_logits(self, images: Tensor, trainer: L.Trainer) -> Tensor:
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
-            return self.trunk(images)["expert_logits"].float()
 
     def _aggregate_on(
         self, name: str, split: ArraySplit, trainer: L.Trainer, datamodule: L.LightningDataModule

@@ -395,10 +395,9 @@ class TLC(MultiExpertMethod):
             for block in range(trainer.global_rank, math.ceil(scored / size), trainer.world_size):
                 start, stop = block * size, min((block + 1) * size, scored)
                 logits, targets = [], []
-                with torch.no_grad(), trainer.precision_plugin.forward_context():
-                    for images, y in datamodule.eval_chunks(split, start, stop, device):
-                        logits.append(self(images)["expert_logits"].float())
-                        targets.append(y)
+                for images, y in datamodule.eval_chunks(split, start, stop, device):
+                    logits.append(self._expert_logits(images, trainer))
+                    targets.append(y)
                 expert_logits = torch.cat(logits, dim=1)
                 weights = torch.exp(log_engagement_weights(expert_logits))
                 block_logits = aggregate_experts(expert_logits, weights, self.method_cfg.eta, "batch")
