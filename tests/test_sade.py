@@ -14,13 +14,13 @@ import json
 import math
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from stage_trainer import fake_trainer
 from training_steps import assert_loss_drops, learnable_data, sgd_losses
 
 from lt_bench.cli import main
@@ -230,16 +230,6 @@ def tiny_datamodule(test_sets: dict, n_train: int = 8) -> LTDataModule:
 def array_split(n: int, seed: int) -> ArraySplit:
     rng = np.random.default_rng(seed)
     return ArraySplit(rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), np.arange(n) % 4)
-
-
-def fake_trainer(limit: int | float = 1.0) -> SimpleNamespace:
-    return SimpleNamespace(
-        strategy=SimpleNamespace(root_device=torch.device("cpu")),
-        limit_test_batches=limit,
-        global_rank=0,
-        world_size=1,
-        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
-    )
 
 
 def test_test_loop_records_every_expert() -> None:

@@ -7,10 +7,8 @@ averaged over engaged samples (``w_k / max w_k > 0.54``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from fractions import Fraction
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from scipy.special import digamma
 from sklearn.metrics import roc_auc_score
+from stage_trainer import fake_trainer
 from training_steps import fixed_batch_losses
 
 import lt_bench.methods.tlc  # noqa: F401  (registers "tlc")
@@ -443,16 +442,6 @@ def test_per_sample_weights_favour_expert_zero_unlike_the_batch_weights() -> Non
 
 
 # --- the official batch aggregation as a second evaluation ---------------------------------------------
-def _fake_trainer(limit: int | float = 1.0, rank: int = 0, world_size: int = 1) -> SimpleNamespace:
-    return SimpleNamespace(
-        strategy=SimpleNamespace(root_device=torch.device("cpu")),
-        limit_test_batches=limit,
-        global_rank=rank,
-        world_size=world_size,
-        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
-    )
-
-
 def _datamodule(test: ArraySplit, eval_batch_size: int = 3) -> LTDataModule:
     return LTDataModule(
         test, None, {"test": test}, [0.5] * 3, [0.25] * 3, batch_size=8, eval_batch_size=eval_batch_size
@@ -465,7 +454,7 @@ def test_batch_aggregation_is_scored_on_blocks_of_consecutive_images() -> None:
     rng = np.random.default_rng(0)
     test = ArraySplit(rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8), np.arange(10) % 4)
     method = build("method.batch_eval_size=4").eval()
-    method.test_time_stage(_fake_trainer(), _datamodule(test))
+    method.test_time_stage(fake_trainer(), _datamodule(test))
     assert method.result_variants == {"batch": "test_tlc_batch"}
     result = method.results["test_tlc_batch"]
 
@@ -487,12 +476,12 @@ def test_batch_aggregation_scores_the_images_the_main_evaluation_scored() -> Non
     rng = np.random.default_rng(1)
     test = ArraySplit(rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8), np.arange(10) % 4)
     one = build("method.batch_eval_size=4").eval()
-    one.test_time_stage(_fake_trainer(limit=1), _datamodule(test))
+    one.test_time_stage(fake_trainer(limit=1), _datamodule(test))
     assert one.results["test_tlc_batch"]["num_samples"] == 3
     counts = []
     for rank in (0, 1):
         part = build("method.batch_eval_size=4").eval()
-        part.test_time_stage(_fake_trainer(limit=1, rank=rank, world_size=2), _datamodule(test))
+        part.test_time_stage(fake_trainer(limit=1, rank=rank, world_size=2), _datamodule(test))
         counts.append(part.results["test_tlc_batch"]["num_samples"])
     assert counts == [4, 2]  # block 0 (images 0-3) on rank 0, block 1 (images 4-5) on rank 1
 
@@ -501,7 +490,7 @@ def test_batch_aggregation_evaluation_off() -> None:
     test = ArraySplit(np.zeros((4, 16, 16, 3), dtype=np.uint8), np.arange(4))
     for overrides in (("method.batch_eval_size=null",), ("method.aggregation=batch",)):
         method = build(*overrides).eval()
-        method.test_time_stage(_fake_trainer(), _datamodule(test))
+        method.test_time_stage(fake_trainer(), _datamodule(test))
         assert method.results == {} and method.result_variants == {}
 
 
