@@ -46,12 +46,9 @@ def main() -> None:
         engine = fast_engine(
             args.method, [f"dataset.root={args.root}", *args.overrides], Path(run_dir), False
         )
-    cfg, device, method = engine.cfg, engine.device, engine.method
+    device = engine.device
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as FastEngine.fit trains
-    method.engine_epoch = 0
-    method.train()
-    method.on_train_epoch_start()
-    batch = method.train_batch_size(int(cfg.data.batch_size))
+    _, batch = engine.begin_epoch(0)
     order = torch.randperm(len(engine.targets), device=device)
     for step in range(args.warmup):
         engine._eager_step(order[step * batch : (step + 1) * batch])

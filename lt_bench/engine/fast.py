@@ -155,6 +155,16 @@ class FastEngine:
                 self.term_sums[name] = torch.zeros((), device=self.device)
             self.term_sums[name] += value.detach().float()
 
+    def step(self, index: Tensor, key: tuple[Hashable, int]) -> None:
+        """One training step on the images ``index``: replayed from the graph of ``key`` (step variant,
+        batch size) where the step is captured, eager with replayed views for CAR, else eager."""
+        if self.use_graphs:
+            self._graph_step(index, key)
+        elif self.view_graphs_only:
+            self._view_graph_step(index, key)
+        else:
+            self._eager_step(index)
+
     def _eager_step(self, index: Tensor) -> None:
         self._zero_grad()
         self._loss_and_update(self._inputs(index))
@@ -309,15 +319,8 @@ class FastEngine:
     def _epoch(self, epoch: int, num_samples: int) -> float:
         """Train one epoch (log and checkpoint at its end); returns its seconds."""
         epoch_start = time.perf_counter()
-        self.method.engine_epoch = epoch
-        self.method.train()
-        self.method.on_train_epoch_start()
-        self.optimizer.set_lrs([group["lr"] for group in self.torch_optimizer.param_groups])
+        variant, batch_size = self.begin_epoch(epoch)
         order = epoch_permutation(num_samples, self.seed, epoch).to(self.device)
-        variant = self.method.step_variant()
-        if variant != self.variant:
-            self.variant, self.active_terms = variant, set()
-        batch_size = self.method.train_batch_size(self.batch_size)
         batches = limited_batches(self.cfg.trainer.get("limit_train_batches"), -(-num_samples // batch_size))
         self.loss_sum.zero_()
         for value in self.term_sums.values():
@@ -325,18 +328,25 @@ class FastEngine:
         skipped_before = self.method.skipped_steps
         for b in range(batches):
             index = order[b * batch_size : (b + 1) * batch_size]
-            if self.use_graphs:
-                self._graph_step(index, (variant, len(index)))
-            elif self.view_graphs_only:
-                self._view_graph_step(index, (variant, len(index)))
-            else:
-                self._eager_step(index)
+            self.step(index, (variant, len(index)))
             self.method.train_images_seen += len(index)
         with warnings.catch_warnings():  # torch warns because its own optimizer never stepped
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
         self._end_epoch(epoch, batches - (self.method.skipped_steps - skipped_before))
         return time.perf_counter() - epoch_start
+
+    def begin_epoch(self, epoch: int) -> tuple[Hashable, int]:
+        """Set the method up for ``epoch`` (its reseed and epoch state, the epoch's learning rates);
+        returns the epoch's step variant and batch size."""
+        self.method.engine_epoch = epoch
+        self.method.train()
+        self.method.on_train_epoch_start()
+        self.optimizer.set_lrs([group["lr"] for group in self.torch_optimizer.param_groups])
+        variant = self.method.step_variant()
+        if variant != self.variant:
+            self.variant, self.active_terms = variant, set()
+        return variant, self.method.train_batch_size(self.batch_size)
 
     def _end_epoch(self, epoch: int, applied_steps: int) -> None:
         """Check the loss (one host sync per epoch), log the epoch, write the checkpoint."""
