@@ -146,7 +146,7 @@ def dense_reference(matrix: torch.Tensor) -> tuple[float, np.ndarray]:
     return sigma, np.outer(u[:, 0], vt[0])
 
 
-@pytest.mark.parametrize(("method", "iters"), [("svd", 0), ("power", 300)])
+@pytest.mark.parametrize(("method", "iters"), [("svd", 0), ("power", 300), ("squaring", 32)])
 @pytest.mark.parametrize("shape", [(6, 6), (7, 4)])
 def test_spectral_norm_and_gradient_against_dense(method: str, iters: int, shape: tuple[int, int]) -> None:
     g = torch.Generator().manual_seed(6)
@@ -184,6 +184,65 @@ def test_warm_started_power_iteration_matches_svd(num_classes: int) -> None:
     (grad_svd,) = torch.autograd.grad(sigma_svd, exact)
     assert sigma.item() == pytest.approx(sigma_svd.item(), rel=1e-3)
     assert F.cosine_similarity(grad.flatten(), grad_svd.flatten(), dim=0).item() > 0.999
+
+
+def float64_svd_reference(matrix: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """sigma_max and its gradient u_1 v_1^T from torch's SVD in float64."""
+    exact = matrix.detach().double().requires_grad_()
+    left, values, right_t = torch.linalg.svd(exact)
+    (grad,) = torch.autograd.grad(values[0], exact)
+    return values[0].item(), grad
+
+
+@pytest.mark.parametrize("num_classes", [10, 100, 1000])
+def test_squaring_equals_the_svd_on_ema_confusions(num_classes: int) -> None:
+    """Float32 weighted EMA confusions, as CAR builds them: sigma and gradient u v^T of ``squaring``
+    against a float64 SVD, as close as the official float32 SVD gets."""
+    g = torch.Generator().manual_seed(num_classes)
+    weights = car_class_weights(torch.logspace(3, 1, num_classes), r0=0.2)
+    ema = ema_like(num_classes, g)
+    for _ in range(3 if num_classes == 1000 else 10):
+        ema = 0.9 * ema + 0.1 * ema_like(num_classes, g)
+        matrix = (ema * weights).requires_grad_()
+        sigma, (u, v) = spectral_norm(matrix, "squaring", iters=32)
+        (grad,) = torch.autograd.grad(sigma, matrix)
+        ref_sigma, ref_grad = float64_svd_reference(matrix)
+        official, _ = spectral_norm(matrix.detach(), "svd")
+        assert sigma.item() == pytest.approx(ref_sigma, rel=1e-6)
+        assert abs(sigma.item() - ref_sigma) <= max(abs(official.item() - ref_sigma), 1e-6 * ref_sigma)
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=0, atol=1e-6)
+        assert u.dtype == v.dtype == torch.float32 and u.norm().item() == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("gap", [1e-1, 1e-3, 1e-5])
+def test_squaring_separates_close_singular_values(gap: float) -> None:
+    """sigma_1 = 1, sigma_2 = 1 - gap: 32 squarings damp v_2 by (1 - gap)^(2^33), which vanishes for
+    any gap float64 resolves; the pair found is the float64 SVD's (up to sign)."""
+    g = torch.Generator().manual_seed(3)
+    q1, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    matrix = q1 @ torch.diag(torch.tensor([1.0, 1.0 - gap, 0.5, 0.2, 0.0], dtype=torch.float64)) @ q2.T
+    matrix.requires_grad_()
+    sigma, _ = spectral_norm(matrix, "squaring", iters=32)
+    (grad,) = torch.autograd.grad(sigma, matrix)
+    assert sigma.item() == pytest.approx(1.0, abs=1e-12)
+    torch.testing.assert_close(grad, torch.outer(q1[:, 0], q2[:, 0]), rtol=0, atol=1e-9)
+
+
+def test_squaring_of_zero_and_of_tiny_matrices() -> None:
+    """A = 0 gives sigma 0 and a zero gradient (no NaN); a matrix of norm ~1e-30 keeps its exact sigma."""
+    zero = torch.zeros(4, 4, requires_grad=True)
+    sigma, (u, v) = spectral_norm(zero, "squaring")
+    (grad,) = torch.autograd.grad(sigma, zero)
+    assert (
+        sigma.item() == 0
+        and torch.count_nonzero(grad) == 0
+        and torch.isfinite(u).all()
+        and torch.isfinite(v).all()
+    )
+    tiny = torch.rand(4, 4, generator=torch.Generator().manual_seed(1)) * 1e-30
+    sigma, _ = spectral_norm(tiny, "squaring")
+    assert sigma.item() == pytest.approx(float64_svd_reference(tiny)[0], rel=1e-6)
 
 
 # --- the EMA estimator -------------------------------------------------------------------------------
@@ -253,7 +312,7 @@ def test_composed_config_and_loss() -> None:
     method = build()
     m = method.method_cfg
     assert (m["lambda"], m.beta, m.temperature, m.r0) == (0.3, 0.9, 1.0, 0.2)
-    assert m.use_weights and m.detach_baseline and m.detach_gate and m.spectral == "svd"
+    assert m.use_weights and m.detach_baseline and m.detach_gate and m.spectral == "squaring"
     logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(9))
     targets = torch.tensor([0, 1, 2, 3, 3, 0])
     loss = method.compute_loss({"logits": logits}, targets)
@@ -268,6 +327,7 @@ def test_composed_config_and_loss() -> None:
         ["method.spectral=lanczos"],
         ["method.base_loss=focal"],
         ["method.spectral=power", "method.power_iters=0"],
+        ["method.spectral=squaring", "method.squarings=0"],
     ],
 )
 def test_invalid_options_fail(overrides: list[str]) -> None:
@@ -276,7 +336,7 @@ def test_invalid_options_fail(overrides: list[str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spectral", ["svd", "power"])
+@pytest.mark.parametrize("spectral", ["svd", "squaring", "power"])
 def test_training_steps_lower_the_loss_and_record_extras(spectral: str) -> None:
     images, targets = learnable_data()
     method = build(COUNTS, f"method.spectral={spectral}")

@@ -175,16 +175,19 @@ def test_fast_engine_runs_methods_with_views_and_variants(overrides: list[str], 
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
-GRAPH_EXPERIMENTS = [
-    "cifar10_lt/ce",
-    "cifar10_lt/ldam_drw",
-    "cifar10_lt/mdcs",
-    "cifar10_lt/tlc",
-    "cifar10_lt/sbcl",
-    "cifar10_lt/concutmix",
-    "cifar10_lt/car",
-    "cifar10_lt/concutmix_car",
-]
+GRAPH_CASES = {
+    "ce": ["experiment=cifar10_lt/ce"],
+    "ldam_drw": ["experiment=cifar10_lt/ldam_drw"],
+    "mdcs": ["experiment=cifar10_lt/mdcs"],
+    "tlc": ["experiment=cifar10_lt/tlc"],
+    "sbcl": ["experiment=cifar10_lt/sbcl"],
+    "concutmix": ["experiment=cifar10_lt/concutmix"],
+    "car": ["experiment=cifar10_lt/car"],
+    "concutmix_car": ["experiment=cifar10_lt/concutmix_car"],
+    # the official exact SVD reads back to the host: eager step, views replayed from a graph
+    "car_svd": ["experiment=cifar10_lt/car", "method.spectral=svd"],
+    "concutmix_car_svd": ["experiment=cifar10_lt/concutmix_car", "method.car.spectral=svd"],
+}
 
 
 def _step_tensors(engine: FastEngine) -> dict[str, Tensor]:
@@ -223,23 +226,21 @@ def _set_random_state(state: tuple[Any, ...]) -> None:
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
-@pytest.mark.parametrize("experiment", GRAPH_EXPERIMENTS)
-def test_a_replayed_step_writes_what_the_eager_step_writes(
-    experiment: str, device: str, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("case", list(GRAPH_CASES))
+def test_a_replayed_step_writes_what_the_eager_step_writes(case: str, device: str, tmp_path: Path) -> None:
     """From the same weights, momentum, running sums and random-number state, one step replayed from
     its captured CUDA graph writes what the same step run eagerly writes, up to float rounding: the
-    graph freezes no random draw, batch or learning rate and skips no state update. CAR's step stays
-    eager (exact SVD) and replays only its views. On a CPU both steps are eager: the step is a
+    graph freezes no random draw, batch or learning rate and skips no state update. With the exact SVD
+    CAR's step stays eager and replays only its views. On a CPU both steps are eager: the step is a
     function of the tensors compared here and the random state, which is what a graph relies on."""
     on_gpu = device == "cuda"
     split = _synthetic(n=300, size=32)
-    cfg = compose([f"experiment={experiment}", "data.batch_size=64"])
+    cfg = compose([*GRAPH_CASES[case], "data.batch_size=64"])
     torch.manual_seed(0)
     method, augment = _method_and_augment(cfg, split)
     engine = FastEngine(method, split, augment, cfg, torch.device(device), tmp_path, use_graphs=on_gpu)
     if on_gpu:
-        assert engine.use_graphs != experiment.endswith("car") and engine.views_in_graph
+        assert engine.use_graphs != case.endswith("svd") and engine.views_in_graph
     variant, batch_size = engine.begin_epoch(0)
     key = (variant, batch_size)
     for _ in range(WARMUP_STEPS + 1):  # eager warm-ups, then the capture (and its first replay)
@@ -261,18 +262,18 @@ def test_a_replayed_step_writes_what_the_eager_step_writes(
 
 
 @GPU
-@pytest.mark.parametrize("experiment", GRAPH_EXPERIMENTS)
-def test_graph_training_lowers_the_loss(experiment: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", list(GRAPH_CASES))
+def test_graph_training_lowers_the_loss(case: str, tmp_path: Path) -> None:
     """Three epochs with replayed graphs (a new capture whenever the step variant or batch size
     changes) run in the expected step mode and lower the loss."""
     split = _synthetic(n=300, size=32)
-    cfg = compose([f"experiment={experiment}", "trainer.max_epochs=3", "data.batch_size=64"])
+    cfg = compose([*GRAPH_CASES[case], "trainer.max_epochs=3", "data.batch_size=64"])
     if "drw_epoch" in cfg.method:
         cfg.method.drw_epoch = 1
     torch.manual_seed(0)
     method, augment = _method_and_augment(cfg, split)
     summary = FastEngine(method, split, augment, cfg, torch.device("cuda"), tmp_path, use_graphs=True).fit()
-    expected = "eager (graph views)" if experiment.endswith("car") else "graph"
+    expected = "eager (graph views)" if case.endswith("svd") else "graph"
     assert summary.step_mode == expected, summary.notes
     losses = _epoch_losses(tmp_path, "fast")
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
@@ -354,6 +355,7 @@ CAPTURE_CASES = {
     "ce": ["experiment=cifar10_lt/ce"],
     "balanced_softmax": ["experiment=cifar10_lt/balanced_softmax"],
     "ldam_drw": ["experiment=cifar10_lt/ldam_drw"],
+    "car": ["experiment=cifar10_lt/car"],
     "car_power": ["experiment=cifar10_lt/car", "method.spectral=power"],
     "batchformer": ["experiment=cifar10_lt/batchformer"],
     "sade": ["experiment=cifar10_lt/sade"],
@@ -361,6 +363,7 @@ CAPTURE_CASES = {
     "mdcs": ["experiment=cifar10_lt/mdcs"],
     "mdcs_randaugment": ["experiment=cifar10_lt/mdcs", "method.strong_augment=randaugment"],
     "concutmix": ["experiment=cifar10_lt/concutmix"],
+    "concutmix_car": ["experiment=cifar10_lt/concutmix_car"],
     "concutmix_car_power": ["experiment=cifar10_lt/concutmix_car", "method.car.spectral=power"],
     "sbcl": ["experiment=cifar10_lt/sbcl", "data.batch_size=8"],
     "batchformer_sade": ["experiment=cifar10_lt/batchformer_sade"],

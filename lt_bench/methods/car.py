@@ -29,7 +29,7 @@ from lt_bench.methods.base import BaseMethod, Outputs
 from lt_bench.methods.tensor_ops import one_hot
 from lt_bench.registry import register_method
 
-SPECTRAL_METHODS = ("svd", "power")
+SPECTRAL_METHODS = ("svd", "squaring", "power")
 BASE_LOSSES = ("ce",)
 
 
@@ -84,18 +84,24 @@ def spectral_norm(
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """``sigma_max(A)`` with gradient ``u_1 v_1^T``, and the detached top singular pair ``(u_1, v_1)``.
 
-    ``"svd"``: ``torch.linalg.svd`` (exact; the official code). ``"power"``: ``iters`` rounds of
-    ``v <- A^T u / |A^T u|``, ``u <- A v / |A v|`` without gradient, warm-started from ``state``
-    (uniform vectors when None, which are never orthogonal to the top pair of a nonnegative matrix),
-    then ``sigma = u^T A v`` so that the gradient is ``u v^T``.
+    ``"svd"``: ``torch.linalg.svd`` (exact; the official code). ``"squaring"``: ``top_right_vector``
+    (``iters`` squarings of ``A^T A``; exact to float precision, no host synchronisation).
+    ``"power"``: ``iters`` rounds of ``v <- A^T u / |A^T u|``, ``u <- A v / |A v|`` without gradient,
+    warm-started from ``state`` (uniform vectors when None, which are never orthogonal to the top pair
+    of a nonnegative matrix). Both then take ``sigma = u^T A v``, whose gradient is ``u v^T``.
     """
     if method == "svd":
         left, values, right_t = torch.linalg.svd(matrix, full_matrices=False)
         return values[0], (left[:, 0].detach(), right_t[0].detach())
-    if method == "power":
-        rows, cols = matrix.shape
-        with torch.no_grad():
-            detached = matrix.detach()
+    if method not in SPECTRAL_METHODS:
+        raise ValueError(f"unknown spectral method '{method}'; valid: {', '.join(SPECTRAL_METHODS)}")
+    with torch.no_grad():
+        detached = matrix.detach()
+        if method == "squaring":
+            right = top_right_vector(detached, iters)
+            left = _unit(detached.double() @ right.double()).to(matrix.dtype)
+        else:
+            rows, cols = matrix.shape
             if state is None:
                 left = detached.new_full((rows,), rows**-0.5)
                 right = detached.new_full((cols,), cols**-0.5)
@@ -104,8 +110,32 @@ def spectral_norm(
             for _ in range(iters):
                 right = F.normalize(detached.T @ left, dim=0)
                 left = F.normalize(detached @ right, dim=0)
-        return left @ matrix @ right, (left, right)
-    raise ValueError(f"unknown spectral method '{method}'; valid: {', '.join(SPECTRAL_METHODS)}")
+    return left @ matrix @ right, (left, right)
+
+
+def top_right_vector(matrix: Tensor, squarings: int = 32) -> Tensor:
+    """The top right singular vector ``v_1`` of ``A`` (unit length; 0 when ``A = 0``), found without
+    host synchronisation, so a CUDA graph can hold it.
+
+    ``P = A^T A`` is squared ``squarings`` times in float64, rescaled to a largest entry of 1 before
+    each squaring: ``P^(2^k)`` is ``v_1 v_1^T`` times a constant up to the ratio
+    ``(sigma_2 / sigma_1)^(2^(k+1))``. Its column of largest diagonal entry is ``± v_1``; one power step
+    ``v <- A^T A v`` polishes it. With a repeated top singular value it returns a vector of the top
+    singular subspace, as an SVD does. Costs ``squarings`` C x C products: meant for C up to ~1,000.
+    """
+    a = matrix.double()
+    gram = a.T @ a
+    for _ in range(squarings):
+        gram = gram / gram.abs().amax().clamp_min(torch.finfo(gram.dtype).tiny)
+        gram = gram @ gram
+    column = gram.diagonal().argmax()
+    right = _unit(gram.index_select(1, column.view(1)).squeeze(1))
+    return _unit(a.T @ (a @ right)).to(matrix.dtype)
+
+
+def _unit(vector: Tensor) -> Tensor:
+    """``vector / |vector|``; the zero vector stays zero (no epsilon floor: tiny norms are kept exact)."""
+    return vector / vector.norm().clamp_min(torch.finfo(vector.dtype).tiny)
 
 
 class CARRegularizer(nn.Module):
@@ -128,6 +158,7 @@ class CARRegularizer(nn.Module):
         use_weights: bool = True,
         spectral: str = "svd",
         power_iters: int = 4,
+        squarings: int = 32,
         detach_baseline: bool = True,
         detach_gate: bool = True,
     ) -> None:
@@ -136,9 +167,12 @@ class CARRegularizer(nn.Module):
             raise ConfigError(f"unknown CAR spectral '{spectral}'; valid: {', '.join(SPECTRAL_METHODS)}")
         if spectral == "power" and power_iters < 1:
             raise ConfigError(f"CAR power_iters must be at least 1, got {power_iters}")
+        if spectral == "squaring" and squarings < 1:
+            raise ConfigError(f"CAR squarings must be at least 1, got {squarings}")
         self.num_classes = len(class_counts)
         self.lam, self.beta, self.temperature = lam, beta, temperature
-        self.spectral, self.power_iters = spectral, power_iters
+        self.spectral = spectral
+        self.iters = {"power": power_iters, "squaring": squarings}.get(spectral, 0)
         self.detach_baseline, self.detach_gate = detach_baseline, detach_gate
         size = self.num_classes
         self.register_buffer("weights", car_class_weights(class_counts, r0, use_weights))
@@ -159,6 +193,7 @@ class CARRegularizer(nn.Module):
             use_weights=cfg["use_weights"],
             spectral=cfg["spectral"],
             power_iters=cfg["power_iters"],
+            squarings=cfg["squarings"],
             detach_baseline=cfg["detach_baseline"],
             detach_gate=cfg["detach_gate"],
         )
@@ -184,7 +219,7 @@ class CARRegularizer(nn.Module):
             finite = torch.isfinite(batch).all()
             smoothed = torch.where(finite, smoothed, self.ema)
             sigma, (left, right) = spectral_norm(
-                smoothed * self.weights, self.spectral, (self.left, self.right), self.power_iters
+                smoothed * self.weights, self.spectral, (self.left, self.right), self.iters
             )
         self.ema.copy_(smoothed.detach())
         self.left.copy_(left)
@@ -226,7 +261,7 @@ class CAR(BaseMethod):
 
     @property
     def graph_capturable(self) -> bool:  # type: ignore[override]
-        """``torch.linalg.svd`` copies to the host (no CUDA graph); power iteration does not."""
+        """``torch.linalg.svd`` copies to the host (no CUDA graph); squaring and power iteration do not."""
         return self.car.spectral != "svd"
 
     def loss_terms(self, outputs: Outputs, targets: Tensor) -> dict[str, Tensor]:
