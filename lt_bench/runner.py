@@ -221,6 +221,7 @@ def run(cfg: DictConfig) -> Path:
         seed=cfg.seed,
         rotate_degrees=cfg.data.rotate_degrees,
         cutout_size=cfg.data.cutout_size,
+        autoaugment_fill=cfg.data.autoaugment_fill,
     )
     method_cls = METHODS.get(cfg.method.name)
     method: BaseMethod = method_cls(

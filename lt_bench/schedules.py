@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from lt_bench.errors import ConfigError
 
-SCHEDULES = ("warmup_step", "cosine", "constant")
+SCHEDULES = ("warmup_step", "cosine", "balms_cosine", "constant")
 
 
 def warmup_step(warmup_epochs: int, milestones: Sequence[int], gamma: float) -> Callable[[int], float]:
@@ -39,6 +39,32 @@ def cosine(warmup_epochs: int, max_epochs: int, min_lr_ratio: float = 0.0) -> Ca
     return factor
 
 
+def balms_cosine(warmup_epochs: int, max_epochs: int, peak_factor: float) -> Callable[[int], float]:
+    """BALMS's ``CosineAnnealingLRWarmup`` (BatchFormer's BalancedSoftmax code), stepped at each epoch's
+    start, so epoch ``e`` (0-based) runs at its step ``t = e + 1``: a linear rise from the base rate
+    (factor 1 at t = 1) to ``peak_factor`` over ``warmup_epochs`` steps, then cosine from the peak to 0::
+
+        f = 1 + (peak - 1) * (t - 1) / (W - 1)                      if t < W
+        f = peak * (1 + cos(pi * (t - W) / (T - W))) / 2            otherwise
+
+    with ``T = max_epochs``: the last epoch runs at rate 0, as in the official code.
+    """
+    if warmup_epochs < 2 or max_epochs <= warmup_epochs:
+        raise ConfigError(
+            f"schedule balms_cosine needs 2 <= warmup_epochs < trainer.max_epochs, got {warmup_epochs} "
+            f"and {max_epochs}"
+        )
+
+    def factor(epoch: int) -> float:
+        t = epoch + 1
+        if t < warmup_epochs:
+            return 1 + (peak_factor - 1) * (t - 1) / (warmup_epochs - 1)
+        progress = min((t - warmup_epochs) / (max_epochs - warmup_epochs), 1.0)
+        return peak_factor * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
 def lr_factor(schedule: dict, lr: float, max_epochs: int) -> Callable[[int], float]:
     """The multiplier function named by a ``schedule`` config node."""
     name = schedule["name"]
@@ -46,6 +72,8 @@ def lr_factor(schedule: dict, lr: float, max_epochs: int) -> Callable[[int], flo
         return warmup_step(schedule["warmup_epochs"], schedule["milestones"], schedule["gamma"])
     if name == "cosine":
         return cosine(schedule["warmup_epochs"], max_epochs, schedule.get("min_lr", 0.0) / lr)
+    if name == "balms_cosine":
+        return balms_cosine(schedule["warmup_epochs"], max_epochs, schedule["peak_factor"])
     if name == "constant":
         return lambda epoch: 1.0
     raise ConfigError(f"unknown schedule.name '{name}'; valid: {', '.join(SCHEDULES)}")

@@ -19,6 +19,7 @@ from training_steps import assert_loss_drops, learnable_data, sgd_losses
 
 import lt_bench.methods.batchformer  # noqa: F401  (registers "batchformer")
 from lt_bench.config import compose
+from lt_bench.data.profiles import class_counts
 from lt_bench.errors import ConfigError
 from lt_bench.methods.baselines import LDAMDRW, BalancedSoftmax
 from lt_bench.methods.batchformer import (
@@ -237,17 +238,47 @@ def test_bt_has_its_own_group_at_a_tenth_of_the_lr() -> None:
 
 
 # --- configs and a few real training steps -----------------------------------------------------------
-@pytest.mark.parametrize("dataset", ["cifar10_lt", "cifar100_lt"])
-def test_experiments_compose(dataset: str) -> None:
+@pytest.mark.parametrize(
+    ("dataset", "epochs", "warmup", "batches"), [("cifar10_lt", 520, 32, 24), ("cifar100_lt", 591, 37, 21)]
+)
+def test_experiments_compose(dataset: str, epochs: int, warmup: int, batches: int) -> None:
+    """The official BALMS recipe (iterations turned into epochs as the official code does), the same
+    recipe without BatchFormer, and BatchFormer on the LDAM-DRW recipe of the balanced_softmax row."""
     cfg = compose([f"experiment={dataset}/batchformer"])
-    bs = compose([f"experiment={dataset}/balanced_softmax"])
     assert cfg.method.name == "batchformer" and cfg.method.host == "balanced_softmax"
     assert cfg.method.heads == 4 and cfg.method.dropout == 0.5 and cfg.method.lr_scale == 0.1
     method = resolve_host_options(OmegaConf.to_container(cfg.method))  # host options from its file
     assert method["tau"] == 1.0 and method["posthoc_tau"] == 0.0 and method["classifier"] == "linear"
-    # the same recipe as the balanced_softmax row
+    assert (cfg.data.batch_size, cfg.data.train_augment, cfg.data.autoaugment_fill) == (
+        512,
+        "crop_flip_autoaugment_cutout",
+        128,
+    )
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.05, 0.9, 5e-4)
+    schedule = cfg.schedule
+    assert (schedule.name, schedule.warmup_epochs, schedule.peak_factor) == ("balms_cosine", warmup, 2)
+    assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches) == (epochs, batches)
+    plain = compose([f"experiment={dataset}/balanced_softmax_balms"])
+    assert plain.method.name == "balanced_softmax" and plain.label == "balanced_softmax_balms"
     for key in ("dataset", "backbone", "data", "optim", "schedule", "trainer"):
-        assert cfg[key] == bs[key], key
+        assert cfg[key] == plain[key], key
+    ldam = compose([f"experiment={dataset}/batchformer_ldam"])
+    bs = compose([f"experiment={dataset}/balanced_softmax"])
+    assert ldam.method == cfg.method and ldam.label == "batchformer_ldam"
+    for key in ("dataset", "backbone", "data", "optim", "schedule", "trainer"):
+        assert ldam[key] == bs[key], key
+
+
+@pytest.mark.parametrize(("dataset", "per_class"), [("cifar10_lt", 5000), ("cifar100_lt", 500)])
+def test_balms_epoch_numbers_follow_the_official_derivation(dataset: str, per_class: int) -> None:
+    """``run_networks.py``: num_epochs = ceil(13000 / len(loader)), warmup_epochs = ceil(800 / len(loader)),
+    epoch_steps = int(N / 512), with len(loader) = ceil(N / 512) (no drop_last), N the training images."""
+    cfg = compose([f"experiment={dataset}/batchformer"])
+    classes = 10 if dataset == "cifar10_lt" else 100
+    images = sum(class_counts(per_class, classes, cfg.dataset.imbalance_factor))
+    loader = math.ceil(images / 512)
+    official = (math.ceil(13000 / loader), math.ceil(800 / loader), images // 512)
+    assert official == (cfg.trainer.max_epochs, cfg.schedule.warmup_epochs, cfg.trainer.limit_train_batches)
 
 
 @pytest.mark.slow

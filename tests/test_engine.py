@@ -182,6 +182,7 @@ GRAPH_CASES = {
     "tlc": ["experiment=cifar10_lt/tlc"],
     "sbcl": ["experiment=cifar10_lt/sbcl"],
     "concutmix": ["experiment=cifar10_lt/concutmix"],
+    "batchformer": ["experiment=cifar10_lt/batchformer"],  # AutoAugment + Cutout views
     "car": ["experiment=cifar10_lt/car"],
     "concutmix_car": ["experiment=cifar10_lt/concutmix_car"],
     # the official exact SVD reads back to the host: eager step, views replayed from a graph

@@ -161,3 +161,47 @@ def test_configure_optimizers_cosine() -> None:
 def test_unknown_optimizer_is_rejected_before_training() -> None:
     with pytest.raises(ConfigError, match="adamw.*sgd"):
         compose(["experiment=cifar10_lt/ce", "backbone=small_cnn", "optim.name=adamw"])
+
+
+class BalmsCosineAnnealingLRWarmup(torch.optim.lr_scheduler.LRScheduler):
+    """BALMS's ``utils.CosineAnnealingLRWarmup`` (BatchFormer's BalancedSoftmax code), transcribed."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, warmup_epochs=5, base_lr=0.05, warmup_lr=0.1):
+        self.T_max, self.eta_min, self.warmup_epochs = T_max, eta_min, warmup_epochs
+        self.base_lr, self.warmup_lr = base_lr, warmup_lr
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        t, w = self.last_epoch, self.warmup_epochs
+        if t < w:
+            return [
+                ((self.warmup_lr - self.base_lr) / (w - 1) * (t - 1) + self.base_lr) / self.base_lr * b
+                for b in self.base_lrs
+            ]
+        cos = (1 + math.cos(math.pi * (t - w) / (self.T_max - w))) / 2
+        return [
+            self.eta_min + (self.warmup_lr - self.eta_min) * cos / self.base_lr * b for b in self.base_lrs
+        ]
+
+
+@pytest.mark.parametrize(("warmup", "epochs"), [(32, 520), (37, 591), (2, 5)])
+def test_balms_cosine_equals_the_official_scheduler_stepped_at_each_epoch_start(
+    warmup: int, epochs: int
+) -> None:
+    """``run_networks.py`` steps the scheduler before each epoch's batches: epoch ``e`` (0-based) trains
+    at the official rate of step ``e + 1``; from 0.05 up to 0.1, then cosine down to 0 at the last epoch."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    official = BalmsCosineAnnealingLRWarmup(optimizer, T_max=epochs, warmup_epochs=warmup)
+    ours = lr_factor({"name": "balms_cosine", "warmup_epochs": warmup, "peak_factor": 2.0}, 0.05, epochs)
+    for epoch in range(epochs):
+        official.step()
+        assert 0.05 * ours(epoch) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12, abs=1e-15), (
+            epoch
+        )
+    assert ours(0) == 1.0 and ours(warmup - 1) == 2.0 and ours(epochs - 1) == 0.0
+
+
+@pytest.mark.parametrize(("warmup", "epochs"), [(1, 10), (10, 10)])
+def test_balms_cosine_refuses_warmups_it_cannot_run(warmup: int, epochs: int) -> None:
+    with pytest.raises(ConfigError, match="balms_cosine"):
+        lr_factor({"name": "balms_cosine", "warmup_epochs": warmup, "peak_factor": 2.0}, 0.05, epochs)

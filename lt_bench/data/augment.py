@@ -90,11 +90,13 @@ class BatchAugment:
         padding: int = 4,
         rotate_degrees: float = 15.0,
         cutout_size: int = 16,
+        autoaugment_fill: int = 0,
     ):
         if name not in AUGMENTATIONS:
             raise ConfigError(f"unknown data.train_augment '{name}'; valid: {', '.join(AUGMENTATIONS)}")
         self.name, self.mean, self.std, self.padding = name, list(mean), list(std), padding
         self.rotate_degrees, self.cutout_size = rotate_degrees, cutout_size
+        self.autoaugment_fill = autoaugment_fill
 
     @classmethod
     def from_config(cls, cfg: Any) -> BatchAugment:
@@ -107,6 +109,7 @@ class BatchAugment:
             data.crop_padding,
             data.rotate_degrees,
             data.cutout_size,
+            data.autoaugment_fill,
         )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -117,7 +120,7 @@ class BatchAugment:
         if self.name == "crop_flip_rotate":
             images = random_rotation(images, self.rotate_degrees)
         if "autoaugment" in self.name:
-            images = policies.autoaugment_cifar10(images)
+            images = policies.autoaugment_cifar10(images, self.autoaugment_fill)
         if "randaugment" in self.name:
             images = policies.randaugment(images)
         if self.name.endswith("_cutout"):

@@ -110,13 +110,16 @@ class LTDataModule(L.LightningDataModule):
         seed: int = 0,
         rotate_degrees: float = 15.0,
         cutout_size: int = 16,
+        autoaugment_fill: int = 0,
     ) -> None:
         super().__init__()
         self.train, self.val, self.test_sets = train, val, test_sets
         self.mean, self.std = list(mean), list(std)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.image_size, self.num_workers, self.seed = image_size, num_workers, seed
-        self.augment = BatchAugment(train_augment, mean, std, crop_padding, rotate_degrees, cutout_size)
+        self.augment = BatchAugment(
+            train_augment, mean, std, crop_padding, rotate_degrees, cutout_size, autoaugment_fill
+        )
 
     @property
     def in_memory(self) -> bool:

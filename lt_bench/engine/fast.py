@@ -37,7 +37,15 @@ from lt_bench.errors import ConfigError, RunInterrupted
 from lt_bench.methods.base import BaseMethod, limited_batches
 
 #: augmentations made only of graph-safe tensor ops (no host sync, fixed shapes)
-CAPTURABLE_AUGMENTS = ("none", "crop_flip", "crop_flip_rotate", "crop_flip_cutout")
+CAPTURABLE_AUGMENTS = (
+    "none",
+    "crop_flip",
+    "crop_flip_rotate",
+    "crop_flip_cutout",
+    "crop_flip_autoaugment",
+    "crop_flip_autoaugment_cutout",
+    "crop_flip_randaugment",
+)
 #: eager steps before the first capture (cuDNN/cuBLAS initialisation; they are real training steps)
 WARMUP_STEPS = 3
 ENGINE_NAME = "fast"
