@@ -224,17 +224,18 @@ def test_bt_has_its_own_group_at_a_tenth_of_the_lr() -> None:
         id(p) for p in method.parameters()
     }
     assert not {id(p) for p in main["params"]} & {id(p) for p in bt["params"]}
-    assert main["initial_lr"] == 0.1 and bt["initial_lr"] == pytest.approx(0.01)
+    assert main["initial_lr"] == 0.05 and bt["initial_lr"] == pytest.approx(0.005)
     for key in ("momentum", "weight_decay", "nesterov"):
         assert main[key] == bt[key]
-    assert main["weight_decay"] == 2e-4 and main["momentum"] == 0.9
-    # the schedule's factor (warm-up over 5 epochs, x0.01 at 160) scales both groups
-    for epoch in range(170):
-        if epoch in (0, 4, 100, 165):
-            assert main["lr"] == pytest.approx(0.1 * scheduler.lr_lambdas[0](epoch))
-            assert bt["lr"] == pytest.approx(0.1 * main["lr"])
+    assert main["weight_decay"] == 5e-4 and main["momentum"] == 0.9
+    # the schedule's factor (BALMS: up to x2 over 32 epochs, then cosine to 0 at epoch 520) scales both groups
+    for epoch in range(520):
+        if epoch in (0, 20, 31, 100, 519):
+            assert main["lr"] == pytest.approx(0.05 * scheduler.lr_lambdas[0](epoch), abs=1e-12)
+            assert bt["lr"] == pytest.approx(0.1 * main["lr"], abs=1e-12)
         optimizer.step()
         scheduler.step()
+    assert main["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 # --- configs and a few real training steps -----------------------------------------------------------
