@@ -11,8 +11,9 @@ The ratio column compares with issue 6's references for the official code on one
 
 ``--compile MODE`` is a probe, not an engine option: it compiles the backbone in place
 (``nn.Module.compile(mode=MODE, dynamic=False)``) before training, so the first epoch's eager warm-up
-steps compile it (the first epoch's time includes the compilation) and the graphs capture the
-compiled kernels; the last, smaller batch of an epoch compiles once more.
+steps compile it (the first epoch's time includes the compilation) and the engine's graphs capture the
+compiled kernels; the last, smaller batch of an epoch compiles once more. Only modes that build no
+CUDA graphs of their own: ``default``, ``max-autotune-no-cudagraphs``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lt_bench.config import compose
 from lt_bench.data.augment import BatchAugment
 from lt_bench.engine.choice import fast_engine_device
 from lt_bench.engine.fast import FastEngine
+from lt_bench.methods.base import limited_batches
 from lt_bench.registry import METHODS
 from lt_bench.reports.provenance import device_name, git_state
 from lt_bench.runner import build_dataset
@@ -45,6 +47,8 @@ def fast_engine(name: str, overrides: list[str], run_dir: Path, use_graphs: bool
     """The fast engine of experiment ``cifar10_lt/<name>`` with ``overrides``, as ``lt-bench run``
     builds it (``engine.cfg``, ``engine.device``; the method on the dataset's training split)."""
     cfg = compose([f"experiment=cifar10_lt/{name}", *overrides])
+    if cfg.schedule.name == "balms_cosine":  # a timing run is shorter than BALMS's warm-up (32 epochs)
+        cfg.schedule.warmup_epochs = min(cfg.schedule.warmup_epochs, max(cfg.trainer.max_epochs - 1, 2))
     dataset = build_dataset(cfg.dataset)
     method = METHODS.get(cfg.method.name)(
         cfg=cfg, train_counts=dataset.train_counts.tolist(), in_channels=dataset.train.images.shape[-1]
@@ -71,13 +75,16 @@ def time_method(name: str, root: str, epochs: int, extra: list[str], compile_mod
     cfg, device = engine.cfg, engine.device
     timed = summary.epoch_seconds[:epochs]
     steady = statistics.median(timed[1:] or timed)
+    batch = int(cfg.data.batch_size)
+    batches = limited_batches(cfg.trainer.get("limit_train_batches"), -(-len(engine.targets) // batch))
+    epoch_images = min(len(engine.targets), batches * batch)  # BALMS's recipe stops epochs early
     return {
         "method": name,
-        "batch_size": int(cfg.data.batch_size),
+        "batch_size": batch,
         "epochs_timed": epochs,
         "first_epoch_s": round(summary.epoch_seconds[0], 3),
         "seconds_per_epoch": round(steady, 4),
-        "images_per_second": round(len(engine.targets) / steady, 1),
+        "images_per_second": round(epoch_images / steady, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
         if device.type == "cuda"
         else None,
@@ -99,7 +106,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--methods", default=METHOD_LIST)
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--compile", metavar="MODE", help="probe: torch.compile the backbone (e.g. default)")
+    parser.add_argument(
+        "--compile",
+        choices=("default", "max-autotune-no-cudagraphs"),
+        help="probe: torch.compile the backbone in this mode",
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.val_per_class=0")
     args = parser.parse_args()
     rows = []

@@ -20,6 +20,8 @@ import torch
 from epoch_times import fast_engine
 from torch.profiler import ProfilerActivity, profile
 
+from lt_bench.methods.base import limited_batches
+
 
 def kernel_rows(prof: profile) -> list[tuple[str, int, float]]:
     """(kernel name, calls, total µs) of every GPU kernel the profiler saw, longest first."""
@@ -61,7 +63,8 @@ def main() -> None:
     rows = kernel_rows(prof)
     kernels = sum(calls for _, calls, _ in rows) / args.steps
     busy_ms = sum(total for _, _, total in rows) / args.steps / 1000
-    steps_per_epoch = -(-len(engine.targets) // batch)
+    limit = engine.cfg.trainer.get("limit_train_batches")
+    steps_per_epoch = limited_batches(limit, -(-len(engine.targets) // batch))
     print(
         f"{args.method}: batch {batch}, {kernels:.0f} kernels and {busy_ms:.3f} ms of kernel time per "
         f"step; {busy_ms * steps_per_epoch / 1000:.3f} s of kernel time per epoch ({steps_per_epoch} steps)"

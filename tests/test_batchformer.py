@@ -189,19 +189,29 @@ def test_loss_is_the_host_loss_on_both_streams(host: str) -> None:
             logits = both @ head.weight.T + head.bias
         if host == "balanced_softmax":
             logits = logits + torch.tensor([math.log(n / sum(counts)) for n in counts])
-    assert loss == pytest.approx(ce_by_hand(logits, y2).item(), rel=1e-5)
+    assert method.method_cfg.loss_scale == 3.0  # the official recipe's scale (next test)
+    assert loss == pytest.approx(3.0 * ce_by_hand(logits, y2).item(), rel=1e-5)
 
 
-def test_official_three_term_loss_is_three_times_ours() -> None:
-    """The official code sums the mean loss of each half and of the whole (§6.2 says 2x; it is 3x)."""
-    method = build().train()
+@pytest.mark.parametrize("scale", [3.0, 1.0])
+def test_official_three_term_loss_is_loss_scale_3(scale: float) -> None:
+    """The official code sums the mean loss of each half and of the whole (§6.2 says 2x; it is 3x):
+    ``method.loss_scale=3`` (the official recipe) is that sum, 1 the plain mean over both streams."""
+    method = build(f"method.loss_scale={scale}").train()
     images, targets = batch(n=8)
     out = method(images)
     z, y = torch.cat([out["bt_logits"], out["logits"]]), torch.cat([targets, targets])
     host = BalancedSoftmax.compute_loss
     official = host(method, {"logits": z[:8]}, y[:8]) + host(method, {"logits": z[8:]}, y[8:])
     official = official + host(method, {"logits": z}, y)
-    assert official.item() == pytest.approx(3 * method.compute_loss(out, targets).item(), rel=1e-6)
+    assert (scale / 3) * official.item() == pytest.approx(method.compute_loss(out, targets).item(), rel=1e-6)
+
+
+def test_loss_scale_is_for_single_head_hosts_only() -> None:
+    with pytest.raises(ConfigError, match="loss_scale"):
+        build("method.loss_scale=0")
+    with pytest.raises(ConfigError, match="loss_scale"):
+        build_multi("sade", "method.loss_scale=3")
 
 
 def test_eval_outputs_take_the_plain_host_loss() -> None:
@@ -265,7 +275,8 @@ def test_experiments_compose(dataset: str, epochs: int, warmup: int, batches: in
         assert cfg[key] == plain[key], key
     ldam = compose([f"experiment={dataset}/batchformer_ldam"])
     bs = compose([f"experiment={dataset}/balanced_softmax"])
-    assert ldam.method == cfg.method and ldam.label == "batchformer_ldam"
+    assert cfg.method.loss_scale == 3.0 and ldam.method.loss_scale == 1.0 and ldam.label == "batchformer_ldam"
+    assert {**ldam.method, "loss_scale": 3.0} == cfg.method
     for key in ("dataset", "backbone", "data", "optim", "schedule", "trainer"):
         assert ldam[key] == bs[key], key
 

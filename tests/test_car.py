@@ -189,7 +189,7 @@ def test_warm_started_power_iteration_matches_svd(num_classes: int) -> None:
 def float64_svd_reference(matrix: torch.Tensor) -> tuple[float, torch.Tensor]:
     """sigma_max and its gradient u_1 v_1^T from torch's SVD in float64."""
     exact = matrix.detach().double().requires_grad_()
-    left, values, right_t = torch.linalg.svd(exact)
+    _, values, _ = torch.linalg.svd(exact)
     (grad,) = torch.autograd.grad(values[0], exact)
     return values[0].item(), grad
 
@@ -217,7 +217,7 @@ def test_squaring_equals_the_svd_on_ema_confusions(num_classes: int) -> None:
 @pytest.mark.parametrize("gap", [1e-1, 1e-3, 1e-5])
 def test_squaring_separates_close_singular_values(gap: float) -> None:
     """sigma_1 = 1, sigma_2 = 1 - gap: 32 squarings damp v_2 by (1 - gap)^(2^33), which vanishes for
-    any gap float64 resolves; the pair found is the float64 SVD's (up to sign)."""
+    gaps above ~4e-9; the pair found is the float64 SVD's (up to sign)."""
     g = torch.Generator().manual_seed(3)
     q1, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
     q2, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
@@ -243,6 +243,32 @@ def test_squaring_of_zero_and_of_tiny_matrices() -> None:
     tiny = torch.rand(4, 4, generator=torch.Generator().manual_seed(1)) * 1e-30
     sigma, _ = spectral_norm(tiny, "squaring")
     assert sigma.item() == pytest.approx(float64_svd_reference(tiny)[0], rel=1e-6)
+
+
+def test_squaring_with_a_repeated_top_singular_value_returns_a_top_singular_pair() -> None:
+    """sigma_1 = sigma_2: any unit vector of the top right singular subspace is a valid v (an SVD
+    picks one too); sigma is exact and the gradient u v^T has unit norm with A v = sigma u."""
+    g = torch.Generator().manual_seed(5)
+    q1, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    matrix = q1 @ torch.diag(torch.tensor([2.0, 2.0, 1.0, 0.5], dtype=torch.float64)) @ q2.T
+    sigma, (u, v) = spectral_norm(matrix, "squaring")
+    assert sigma.item() == pytest.approx(2.0, rel=1e-12)
+    torch.testing.assert_close(matrix @ v, 2.0 * u, rtol=0, atol=1e-10)
+    assert torch.linalg.norm(q2[:, :2].T @ v).item() == pytest.approx(1.0, rel=1e-12)  # v in the top subspace
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (7, 4)])
+@pytest.mark.parametrize("scale", [1e-200, 1e-30, 1.0, 1e30, 1e200])
+def test_squaring_of_rectangular_matrices_at_any_scale(shape: tuple[int, int], scale: float) -> None:
+    """Wide and tall float64 matrices from 1e-200 to 1e200: sigma to 1e-12 and the gradient as the SVD's."""
+    g = torch.Generator().manual_seed(7)
+    matrix = (torch.rand(*shape, generator=g, dtype=torch.float64) * scale).requires_grad_()
+    sigma, _ = spectral_norm(matrix, "squaring")
+    (grad,) = torch.autograd.grad(sigma, matrix)
+    ref_sigma, ref_grad = float64_svd_reference(matrix)
+    assert sigma.item() == pytest.approx(ref_sigma, rel=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-10)
 
 
 # --- the EMA estimator -------------------------------------------------------------------------------

@@ -165,7 +165,8 @@ class FastEngine:
 
     def step(self, index: Tensor, key: tuple[Hashable, int]) -> None:
         """One training step on the images ``index``: replayed from the graph of ``key`` (step variant,
-        batch size) where the step is captured, eager with replayed views for CAR, else eager."""
+        batch size) where the step is captured, eager with replayed views where only the views are (CAR with
+        its exact SVD), else eager."""
         if self.use_graphs:
             self._graph_step(index, key)
         elif self.view_graphs_only:

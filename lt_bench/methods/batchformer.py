@@ -40,7 +40,17 @@ from lt_bench.methods.sade import MultiExpertMethod
 from lt_bench.registry import METHODS, register_method
 
 #: BatchFormer's own options (``configs/method/batchformer.yaml``); every other key is the host's
-BT_OPTIONS = ("name", "host", "heads", "expert_heads", "dropout", "ffn_ratio", "lr_scale", "bt_weight")
+BT_OPTIONS = (
+    "name",
+    "host",
+    "heads",
+    "expert_heads",
+    "dropout",
+    "ffn_ratio",
+    "lr_scale",
+    "bt_weight",
+    "loss_scale",
+)
 #: prefix of the BT stream's outputs in a multi-expert host's training outputs
 BT_PREFIX = "bt_"
 
@@ -91,7 +101,8 @@ class BatchFormer(BaseMethod):
     Options (``method.*``): ``heads`` (single-head hosts, 4), ``expert_heads`` (multi-expert hosts;
     null: ``ride_heads(D)``), ``dropout`` (0.5), ``ffn_ratio`` (``dim_feedforward = ffn_ratio * D``, 1),
     ``lr_scale`` (BT learning rate = ``lr_scale * optim.lr``, 0.1), ``bt_weight`` (multi-expert hosts:
-    the BT stream's loss weight, 1); the other keys are the host's.
+    the BT stream's loss weight, 1), ``loss_scale`` (single-head hosts: factor on the two-stream mean,
+    1; the official BalancedSoftmax code's 3); the other keys are the host's.
 
     * ``parameter_groups``: the BT parameters form their own SGD group with ``lr_scale * optim.lr``
       (same momentum and weight decay); the schedule's factor multiplies every group.
@@ -127,12 +138,13 @@ class SingleHeadBatchFormer(BatchFormer):
     * ``forward`` in training mode adds ``bt_logits = g(F')`` and ``bt_features = F'`` to the host's
       ``logits = g(F)`` and ``features = F``, so every row of ``logits`` stays one input sample.
     * ``compute_loss`` applies the host's loss to ``[bt_logits; logits]`` (and ``[F'; F]``) with
-      targets ``[y; y]``: ``L = (1 / 2N) * sum_{i<2N} l_host(z_i, y_i)`` for a mean-reduced host loss.
-      The official BalancedSoftmax code (``run_networks.py`` ``batch_loss``) adds the mean loss of
-      each half to the mean loss of all ``2N`` rows: ``L_1 + L_2 + L_{1,2} = 3 * L_{1,2}`` (methods.md
-      §6.2 says 2x; the code gives 3x). That only rescales the loss: with SGD, 3x the loss is 3x the
-      learning rate with a third of the weight decay. We keep the plain mean (scale 1), the scale of
-      the host's own row under the same recipe; ``bt_weight`` must stay 1.
+      targets ``[y; y]``: ``L = s * (1 / 2N) * sum_{i<2N} l_host(z_i, y_i)`` for a mean-reduced host
+      loss, ``s = method.loss_scale``. The official BalancedSoftmax code (``run_networks.py``
+      ``batch_loss``) adds the mean loss of each half to the mean loss of all ``2N`` rows:
+      ``L_1 + L_2 + L_{1,2} = 3 * L_{1,2}`` (methods.md §6.2 says 2x; the code gives 3x). With SGD, 3x the
+      loss is 3x the learning rate with a third of the weight decay, so the official recipe
+      (``cifar*_lt/batchformer``) sets ``loss_scale: 3``; 1 is the plain mean, the scale of the host's
+      own loss (``batchformer_ldam``). ``bt_weight`` must stay 1.
     * Heads: the official BalancedSoftmax port uses ``heads`` = 4 whatever D (ResNet-32: D = 64, 16
       per head); ``heads=1`` gives the RIDE port's rule for D <= 128.
     """
@@ -149,6 +161,8 @@ class SingleHeadBatchFormer(BatchFormer):
                 "method.bt_weight weighs the BT stream of multi-expert hosts; single-head hosts take the "
                 f"mean over both streams (bt_weight 1), got {self.method_cfg.bt_weight}"
             )
+        if not self.method_cfg.loss_scale > 0:
+            raise ConfigError(f"method.loss_scale must be > 0, got {self.method_cfg.loss_scale}")
         self.add_batch_former(self.backbone.feature_dim, self.method_cfg.heads)
 
     def forward(self, images: Tensor) -> Outputs:
@@ -166,7 +180,7 @@ class SingleHeadBatchFormer(BatchFormer):
             "logits": torch.cat([outputs["bt_logits"], outputs["logits"]]),
             "features": torch.cat([outputs["bt_features"], outputs["features"]]),
         }
-        return super().compute_loss(two_streams, torch.cat([targets, targets]))
+        return self.method_cfg.loss_scale * super().compute_loss(two_streams, torch.cat([targets, targets]))
 
 
 class MultiExpertBatchFormer(BatchFormer):
@@ -191,6 +205,11 @@ class MultiExpertBatchFormer(BatchFormer):
 
     def build_model(self) -> None:
         super().build_model()
+        if self.method_cfg.loss_scale != 1.0:
+            raise ConfigError(
+                "method.loss_scale scales the two-stream loss of single-head hosts; multi-expert hosts weigh "
+                f"their BT stream with method.bt_weight (loss_scale 1), got {self.method_cfg.loss_scale}"
+            )
         dim = self.trunk.feature_dim
         heads = self.method_cfg.expert_heads
         self.add_batch_former(dim, ride_heads(dim) if heads is None else heads)

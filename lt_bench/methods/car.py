@@ -76,30 +76,40 @@ def car_class_weights(class_counts: Tensor, r0: float, use_weights: bool = True)
     return (weights / weights.mean()).clamp(min=1e-3)
 
 
+#: rounds per step when ``spectral_norm`` is not given ``iters``: power iterations, squarings
+DEFAULT_ITERS = {"power": 4, "squaring": 32}
+
+
 def spectral_norm(
     matrix: Tensor,
-    method: str = "svd",
+    method: str = "squaring",
     state: tuple[Tensor, Tensor] | None = None,
-    iters: int = 4,
+    iters: int | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """``sigma_max(A)`` with gradient ``u_1 v_1^T``, and the detached top singular pair ``(u_1, v_1)``.
 
     ``"svd"``: ``torch.linalg.svd`` (exact; the official code). ``"squaring"``: ``top_right_vector``
-    (``iters`` squarings of ``A^T A``; exact to float precision, no host synchronisation).
-    ``"power"``: ``iters`` rounds of ``v <- A^T u / |A^T u|``, ``u <- A v / |A v|`` without gradient,
-    warm-started from ``state`` (uniform vectors when None, which are never orthogonal to the top pair
-    of a nonnegative matrix). Both then take ``sigma = u^T A v``, whose gradient is ``u v^T``.
+    (``iters`` squarings of ``A^T A``, 32 by default; exact to float precision, no host synchronisation).
+    ``"power"``: ``iters`` rounds (4 by default) of ``v <- A^T u / |A^T u|``, ``u <- A v / |A v|``
+    without gradient, warm-started from ``state`` (uniform vectors when None, which are never
+    orthogonal to the top pair of a nonnegative matrix). Both then take ``sigma = u^T A v``, whose
+    gradient is ``u v^T``.
     """
     if method == "svd":
         left, values, right_t = torch.linalg.svd(matrix, full_matrices=False)
         return values[0], (left[:, 0].detach(), right_t[0].detach())
     if method not in SPECTRAL_METHODS:
         raise ValueError(f"unknown spectral method '{method}'; valid: {', '.join(SPECTRAL_METHODS)}")
+    iters = DEFAULT_ITERS[method] if iters is None else iters
+    if iters < 1:
+        raise ValueError(f"spectral method '{method}' needs at least one round, got {iters}")
     with torch.no_grad():
         detached = matrix.detach()
         if method == "squaring":
             right = top_right_vector(detached, iters)
-            left = _unit(detached.double() @ right.double()).to(matrix.dtype)
+            scaled = detached.double()
+            scaled = scaled / scaled.abs().amax().clamp_min(torch.finfo(torch.float64).tiny)
+            left = _unit(scaled @ right.double()).to(matrix.dtype)
         else:
             rows, cols = matrix.shape
             if state is None:
@@ -117,16 +127,20 @@ def top_right_vector(matrix: Tensor, squarings: int = 32) -> Tensor:
     """The top right singular vector ``v_1`` of ``A`` (unit length; 0 when ``A = 0``), found without
     host synchronisation, so a CUDA graph can hold it.
 
-    ``P = A^T A`` is squared ``squarings`` times in float64, rescaled to a largest entry of 1 before
-    each squaring: ``P^(2^k)`` is ``v_1 v_1^T`` times a constant up to the ratio
-    ``(sigma_2 / sigma_1)^(2^(k+1))``. Its column of largest diagonal entry is ``± v_1``; one power step
-    ``v <- A^T A v`` polishes it. With a repeated top singular value it returns a vector of the top
-    singular subspace, as an SVD does. Costs ``squarings`` C x C products: meant for C up to ~1,000.
+    ``A`` is scaled to a largest entry of 1 in float64 (no overflow or underflow at any scale), then
+    ``P = A^T A`` is squared ``squarings`` times, rescaled to a largest diagonal entry of 1 (P is
+    positive semi-definite, so that is its largest entry) before each squaring: ``P^(2^k)`` is
+    ``v_1 v_1^T`` times a constant up to the ratio ``(sigma_2 / sigma_1)^(2^(k+1))``. Its column of
+    largest diagonal entry is ``± v_1``; one power step ``v <- A^T A v`` polishes it. With a repeated
+    top singular value it returns a vector of the top singular subspace, as an SVD does. Costs
+    ``squarings`` C x C products in float64: meant for C up to ~1,000.
     """
+    tiny = torch.finfo(torch.float64).tiny
     a = matrix.double()
+    a = a / a.abs().amax().clamp_min(tiny)
     gram = a.T @ a
     for _ in range(squarings):
-        gram = gram / gram.abs().amax().clamp_min(torch.finfo(gram.dtype).tiny)
+        gram = gram / gram.diagonal().amax().clamp_min(tiny)
         gram = gram @ gram
     column = gram.diagonal().argmax()
     right = _unit(gram.index_select(1, column.view(1)).squeeze(1))
@@ -156,7 +170,7 @@ class CARRegularizer(nn.Module):
         temperature: float = 1.0,
         r0: float = 0.2,
         use_weights: bool = True,
-        spectral: str = "svd",
+        spectral: str = "squaring",
         power_iters: int = 4,
         squarings: int = 32,
         detach_baseline: bool = True,
@@ -201,7 +215,7 @@ class CARRegularizer(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Update the EMA with this batch; return ``(lambda * sigma, sigma)``.
 
-        Runs in the EMA's precision (float32 by default) with autocast off: the SVD needs it. A
+        Runs in the EMA's precision (float32 by default) with autocast off: the spectral norm needs it. A
         non-finite batch (a step that ``train.nonfinite_loss=skip`` drops) leaves the state unchanged.
         """
         with torch.autocast(device_type=logits.device.type, enabled=False):

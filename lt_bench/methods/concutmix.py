@@ -403,7 +403,7 @@ class ConCutMixCAR(ConCutMix):
     ``method.car_label`` picks CAR's hard label on CutMixed batches (see ``car_labels``); ``skip_mixed``
     drops the term and keeps the EMA state unchanged on mixed batches (branch-free: the state is restored).
     With ``method.car.spectral: svd`` the step is not CUDA-graph capturable (``torch.linalg.svd`` on CUDA
-    copies to the host); ``power`` is.
+    copies to the host); ``squaring`` (the default) and ``power`` are.
     """
 
     def build_model(self) -> None:
@@ -413,7 +413,7 @@ class ConCutMixCAR(ConCutMix):
                 f"method.car_label='{self.method_cfg.car_label}'; valid: {', '.join(CAR_LABELS)}"
             )
         self.car = CARRegularizer.from_config(self.class_counts, self.method_cfg.car)
-        # torch.linalg.svd on CUDA copies to the host (not capturable); the power iteration is
+        # torch.linalg.svd on CUDA copies to the host (not capturable); squaring and power iteration are
         self.graph_capturable = self.method_cfg.car.spectral != "svd"
 
     def car_term(
