@@ -47,8 +47,6 @@ def fast_engine(name: str, overrides: list[str], run_dir: Path, use_graphs: bool
     """The fast engine of experiment ``cifar10_lt/<name>`` with ``overrides``, as ``lt-bench run``
     builds it (``engine.cfg``, ``engine.device``; the method on the dataset's training split)."""
     cfg = compose([f"experiment=cifar10_lt/{name}", *overrides])
-    if cfg.schedule.name == "balms_cosine":  # a timing run is shorter than BALMS's warm-up (32 epochs)
-        cfg.schedule.warmup_epochs = min(cfg.schedule.warmup_epochs, max(cfg.trainer.max_epochs - 1, 2))
     dataset = build_dataset(cfg.dataset)
     method = METHODS.get(cfg.method.name)(
         cfg=cfg, train_counts=dataset.train_counts.tolist(), in_channels=dataset.train.images.shape[-1]
@@ -63,6 +61,9 @@ def time_method(name: str, root: str, epochs: int, extra: list[str], compile_mod
         stages = [f"method.stage1_epochs={epochs}", "method.stage2_epochs=1"]
     total = epochs + 1 if stages else epochs
     overrides = [f"dataset.root={root}", f"trainer.max_epochs={total}", *stages, *extra]
+    schedule = compose([f"experiment=cifar10_lt/{name}"]).schedule
+    if schedule.name == "balms_cosine":  # a timing run is shorter than BALMS's warm-up (32 epochs)
+        overrides.append(f"schedule.warmup_epochs={min(schedule.warmup_epochs, max(total - 1, 2))}")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as run_dir:

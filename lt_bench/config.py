@@ -300,6 +300,14 @@ def _validate_optim(optim: DictConfig) -> None:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
 
 
+def _validate_schedule(cfg: DictConfig) -> None:
+    """Schedule rules that depend on the run length (BALMS's warm-up must end before the last epoch)."""
+    from lt_bench.schedules import balms_cosine
+
+    if cfg.schedule.name == "balms_cosine":
+        balms_cosine(cfg.schedule.warmup_epochs, cfg.trainer.max_epochs, cfg.schedule.peak_factor)
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject values that cannot run: non-positive epochs or batch sizes, unknown names."""
     for key in ("trainer.max_epochs", "data.batch_size", "data.eval_batch_size"):
@@ -310,6 +318,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.seed!r} must be an integer in [0, 2**32)")
     _validate_optim(cfg.optim)
     _validate_choices(cfg)
+    _validate_schedule(cfg)
     for group, registry in GROUPS.items():
         registry.get(cfg[group].name)
     imbalance = cfg.dataset.get("imbalance_factor")

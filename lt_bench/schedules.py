@@ -51,8 +51,9 @@ def balms_cosine(warmup_epochs: int, max_epochs: int, peak_factor: float) -> Cal
     """
     if warmup_epochs < 2 or max_epochs <= warmup_epochs:
         raise ConfigError(
-            f"schedule balms_cosine needs 2 <= warmup_epochs < trainer.max_epochs, got {warmup_epochs} "
-            f"and {max_epochs}"
+            f"schedule balms_cosine needs 2 <= schedule.warmup_epochs < trainer.max_epochs, got "
+            f"{warmup_epochs} and {max_epochs}; set schedule.warmup_epochs (e.g. "
+            f"schedule.warmup_epochs={max(2, min(warmup_epochs, max_epochs - 1))}) or trainer.max_epochs"
         )
 
     def factor(epoch: int) -> float:

@@ -361,6 +361,7 @@ def test_car_with_exact_svd_is_not_graph_capturable() -> None:
         ["method.partner=reverse"],
         ["method.topk=5"],
         ["method.cls_augment=cutout"],
+        ["method.data_parallel_replicas=0"],
     ],
 )
 def test_invalid_options_fail(overrides: list[str]) -> None:
@@ -375,3 +376,28 @@ def test_cifar_model_matches_bcl_model_32() -> None:
     assert method.head[0].out_features == method.center_head[0].out_features == 512
     bound = 1 / method.backbone.feature_dim**0.5
     assert method.classifier.weight.abs().max() <= bound
+
+
+def test_data_parallel_replicas_normalise_each_quarter_of_the_views() -> None:
+    """``method.data_parallel_replicas=4`` (the official 4-GPU DataParallel batch norm, see
+    tests/test_data_parallel.py): the loss differs from the one-pass loss, and the backbone's running
+    statistics are those of its first quarter of the 3B views alone (classification views only)."""
+    plain, split, first_quarter = build(), build("concutmix", "method.data_parallel_replicas=4"), build()
+    split.load_state_dict(plain.state_dict())
+    first_quarter.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(3)
+    batch = 8
+    views = torch.randn(3 * batch, 3, 32, 32, generator=g)
+    targets = torch.randint(0, len(COUNTS), (batch,), generator=g)
+    args = (views, targets, targets.roll(1), torch.tensor(0.7), torch.tensor(1.0))
+    for method in (plain, split, first_quarter):
+        method.train()
+    loss_plain, loss_split = plain.loss_terms(*args)["loss"], split.loss_terms(*args)["loss"]
+    assert torch.isfinite(loss_split) and not torch.allclose(loss_split, loss_plain)
+    first_quarter.backbone(views.chunk(4)[0])
+    expected = first_quarter.backbone.state_dict()
+    running = [name for name in expected if "running_mean" in name]
+    assert running  # the backbone has batch norms
+    for name in running:
+        torch.testing.assert_close(split.backbone.state_dict()[name], expected[name], msg=name)
+        assert not torch.allclose(plain.backbone.state_dict()[name], expected[name])

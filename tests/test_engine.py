@@ -182,6 +182,7 @@ GRAPH_CASES = {
     "tlc": ["experiment=cifar10_lt/tlc"],
     "sbcl": ["experiment=cifar10_lt/sbcl"],
     "concutmix": ["experiment=cifar10_lt/concutmix"],
+    "concutmix_dp4": ["experiment=cifar10_lt/concutmix_dp4"],  # batch norm per quarter of the views
     # AutoAugment + Cutout views; a warm-up that fits the test's 3 epochs
     "batchformer": ["experiment=cifar10_lt/batchformer", "schedule.warmup_epochs=2"],
     "car": ["experiment=cifar10_lt/car"],
@@ -366,6 +367,7 @@ CAPTURE_CASES = {
     "mdcs": ["experiment=cifar10_lt/mdcs"],
     "mdcs_randaugment": ["experiment=cifar10_lt/mdcs", "method.strong_augment=randaugment"],
     "concutmix": ["experiment=cifar10_lt/concutmix"],
+    "concutmix_dp4": ["experiment=cifar10_lt/concutmix_dp4"],
     "concutmix_car": ["experiment=cifar10_lt/concutmix_car"],
     "concutmix_car_power": ["experiment=cifar10_lt/concutmix_car", "method.car.spectral=power"],
     "sbcl": ["experiment=cifar10_lt/sbcl", "data.batch_size=8"],

@@ -205,3 +205,9 @@ def test_balms_cosine_equals_the_official_scheduler_stepped_at_each_epoch_start(
 def test_balms_cosine_refuses_warmups_it_cannot_run(warmup: int, epochs: int) -> None:
     with pytest.raises(ConfigError, match="balms_cosine"):
         lr_factor({"name": "balms_cosine", "warmup_epochs": warmup, "peak_factor": 2.0}, 0.05, epochs)
+
+
+def test_a_run_shorter_than_balms_warm_up_is_refused_before_any_data_is_loaded() -> None:
+    with pytest.raises(ConfigError, match="schedule.warmup_epochs=2"):
+        compose(["experiment=cifar10_lt/batchformer", "trainer.max_epochs=3"])
+    assert compose(["experiment=cifar10_lt/batchformer", "trainer.max_epochs=3", "schedule.warmup_epochs=2"])

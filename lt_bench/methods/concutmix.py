@@ -48,8 +48,12 @@ Deviations from the official code (also in ``configs/method/concutmix.yaml``):
 * class centres are per class, ``g_c(w_k)`` from each classifier row (the paper, BCL, and the official
   ``--use_norm`` branch). The official CIFAR branch maps ``fc.weight.T`` (``[64, C]``: one row per feature
   dimension) and keeps the first ``C`` rows, which is not per class (and fails for C > 64 on one GPU);
-* CIFAR-100 is normalised with its own mean/std (the official code uses CIFAR-10's for both), and
-  BatchNorm sees the whole batch (officially ``DataParallel`` chunks over 4 GPUs).
+* CIFAR-100 is normalised with its own mean/std (the official code uses CIFAR-10's for both);
+* BatchNorm sees the whole batch of ``3B`` views (classification view, two contrastive views) in one
+  pass. The official code runs ``DataParallel`` over 4 GPUs by default: each BatchNorm normalises one
+  quarter of that batch (the first quarter holds classification views only, the last two contrastive
+  views only) and keeps the first quarter's running statistics. ``method.data_parallel_replicas=4``
+  reproduces that on one device (``lt_bench.models.data_parallel``).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from lt_bench.methods.base import BaseMethod
 from lt_bench.methods.car import CARRegularizer
 from lt_bench.methods.tensor_ops import one_hot
 from lt_bench.models import NormedLinear
+from lt_bench.models.data_parallel import replica_forward
 from lt_bench.registry import register_method
 
 CAR_LABELS = ("target_a", "argmax_semantic", "skip_mixed")
@@ -247,6 +252,9 @@ class ConCutMix(BaseMethod):
             )
         if len(m.scaling_factor) != 2 or m.scaling_factor[1] == 0:
             raise ConfigError(f"method.scaling_factor={list(m.scaling_factor)} must be [a, b] with b != 0")
+        replicas = m.data_parallel_replicas
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise ConfigError(f"method.data_parallel_replicas={replicas!r} must be an integer >= 1")
 
     # --- views ---------------------------------------------------------------------------------
     def _normalize(self, images: Tensor) -> Tensor:
@@ -375,9 +383,10 @@ class ConCutMix(BaseMethod):
         """``loss = α CE_LA(z, ŷ) + β BalSCL``; also the logits and ŷ of the classification view."""
         m = self.method_cfg
         batch = targets_a.shape[0]
-        hidden = self.backbone(views)
+        replicas = m.data_parallel_replicas
+        hidden = replica_forward(self.backbone, views, replicas)
         logits = self.classifier(hidden[:batch])
-        projections = self.head(hidden)
+        projections = replica_forward(self.head, hidden, replicas)
         raw_centers = self.center_head(self.class_weights())
         area = area_label(targets_a, targets_b, lam, self.num_classes)
         soft = self.soft_label(projections[:batch], raw_centers, area, mixed)

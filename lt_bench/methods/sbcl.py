@@ -9,8 +9,8 @@ epochs, e.g. a smoke run, shortens both stages proportionally, keeping at least 
 
 * Warm-up (the first ``warmup_epochs``): plain SupCon on the class labels, τ = 0.1.
 * Then, every ``step`` epochs, each class c is split by cosine k-means (on the eval-mode projections of
-  its un-augmented training images) into ``K_c = max(1, floor(n_c / max(n_min, M)))`` subclasses, and
-  the class temperatures are recomputed::
+  one SimCLR view of each of its training images, as the official ``input[0]``) into
+  ``K_c = max(1, floor(n_c / max(n_min, M)))`` subclasses, and the class temperatures are recomputed::
 
       d_c = mean_{i in c} ‖v_i − μ_c‖₂ / log(n_c + 10),   d ← clip(d, P20(d), P80(d))
       τ_c = τ · d_c / mean(d)    (τ_c = τ for a class with one subclass)
