@@ -18,7 +18,8 @@ from torch import Tensor, nn
 @contextmanager
 def frozen_running_stats(module: nn.Module) -> Iterator[None]:
     """Batch norms of ``module`` normalise with batch statistics but leave their running statistics as
-    they are (``momentum`` 0: ``running = (1 - 0) * running + 0 * batch``)."""
+    they are (``momentum`` 0: ``running = (1 - 0) * running + 0 * batch``; ``num_batches_tracked`` still
+    counts the call, which only a cumulative average, ``momentum=None``, would read)."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
