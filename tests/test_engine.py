@@ -175,21 +175,28 @@ def test_fast_engine_runs_methods_with_views_and_variants(overrides: list[str], 
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
-GRAPH_CASES = {
+#: step configurations the graph tests cover (each method, its step variants and its spectral/view options)
+STEP_CASES = {
     "ce": ["experiment=cifar10_lt/ce"],
+    "balanced_softmax": ["experiment=cifar10_lt/balanced_softmax"],
     "ldam_drw": ["experiment=cifar10_lt/ldam_drw"],
-    "mdcs": ["experiment=cifar10_lt/mdcs"],
-    "tlc": ["experiment=cifar10_lt/tlc"],
-    "sbcl": ["experiment=cifar10_lt/sbcl"],
-    "concutmix": ["experiment=cifar10_lt/concutmix"],
-    "concutmix_dp4": ["experiment=cifar10_lt/concutmix_dp4"],  # batch norm per quarter of the views
-    # AutoAugment + Cutout views; a warm-up that fits the test's 3 epochs
-    "batchformer": ["experiment=cifar10_lt/batchformer", "schedule.warmup_epochs=2"],
     "car": ["experiment=cifar10_lt/car"],
-    "concutmix_car": ["experiment=cifar10_lt/concutmix_car"],
+    "car_power": ["experiment=cifar10_lt/car", "method.spectral=power"],
     # the official exact SVD reads back to the host: eager step, views replayed from a graph
     "car_svd": ["experiment=cifar10_lt/car", "method.spectral=svd"],
+    # AutoAugment + Cutout views; a warm-up that fits a 3-epoch test
+    "batchformer": ["experiment=cifar10_lt/batchformer", "schedule.warmup_epochs=2"],
+    "sade": ["experiment=cifar10_lt/sade"],
+    "tlc": ["experiment=cifar10_lt/tlc"],
+    "mdcs": ["experiment=cifar10_lt/mdcs"],
+    "mdcs_randaugment": ["experiment=cifar10_lt/mdcs", "method.strong_augment=randaugment"],
+    "concutmix": ["experiment=cifar10_lt/concutmix"],
+    "concutmix_dp4": ["experiment=cifar10_lt/concutmix_dp4"],  # batch norm per quarter of the views
+    "concutmix_car": ["experiment=cifar10_lt/concutmix_car"],
+    "concutmix_car_power": ["experiment=cifar10_lt/concutmix_car", "method.car.spectral=power"],
     "concutmix_car_svd": ["experiment=cifar10_lt/concutmix_car", "method.car.spectral=svd"],
+    "sbcl": ["experiment=cifar10_lt/sbcl"],
+    "batchformer_sade": ["experiment=cifar10_lt/batchformer_sade"],
 }
 
 
@@ -230,7 +237,7 @@ def _set_random_state(state: tuple[Any, ...]) -> None:
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
-@pytest.mark.parametrize("case", list(GRAPH_CASES))
+@pytest.mark.parametrize("case", list(STEP_CASES))
 def test_a_replayed_step_writes_what_the_eager_step_writes(case: str, device: str, tmp_path: Path) -> None:
     """From the same weights, momentum, running sums and random-number state, one step replayed from
     its captured CUDA graph writes what the same step run eagerly writes, up to float rounding: the
@@ -239,7 +246,7 @@ def test_a_replayed_step_writes_what_the_eager_step_writes(case: str, device: st
     function of the tensors compared here and the random state, which is what a graph relies on."""
     on_gpu = device == "cuda"
     split = _synthetic(n=300, size=32)
-    cfg = compose([*GRAPH_CASES[case], "data.batch_size=64"])
+    cfg = compose([*STEP_CASES[case], "data.batch_size=64"])
     torch.manual_seed(0)
     method, augment = _method_and_augment(cfg, split)
     engine = FastEngine(method, split, augment, cfg, torch.device(device), tmp_path, use_graphs=on_gpu)
@@ -266,12 +273,12 @@ def test_a_replayed_step_writes_what_the_eager_step_writes(case: str, device: st
 
 
 @GPU
-@pytest.mark.parametrize("case", list(GRAPH_CASES))
+@pytest.mark.parametrize("case", list(STEP_CASES))
 def test_graph_training_lowers_the_loss(case: str, tmp_path: Path) -> None:
     """Three epochs with replayed graphs (a new capture whenever the step variant or batch size
     changes) run in the expected step mode and lower the loss."""
     split = _synthetic(n=300, size=32)
-    cfg = compose([*GRAPH_CASES[case], "trainer.max_epochs=3", "data.batch_size=64"])
+    cfg = compose([*STEP_CASES[case], "trainer.max_epochs=3", "data.batch_size=64"])
     if "drw_epoch" in cfg.method:
         cfg.method.drw_epoch = 1
     torch.manual_seed(0)
@@ -355,27 +362,7 @@ def test_fast_engine_bf16_autocast_and_channels_last(tmp_path: Path) -> None:
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
-CAPTURE_CASES = {
-    "ce": ["experiment=cifar10_lt/ce"],
-    "balanced_softmax": ["experiment=cifar10_lt/balanced_softmax"],
-    "ldam_drw": ["experiment=cifar10_lt/ldam_drw"],
-    "car": ["experiment=cifar10_lt/car"],
-    "car_power": ["experiment=cifar10_lt/car", "method.spectral=power"],
-    "batchformer": ["experiment=cifar10_lt/batchformer"],
-    "sade": ["experiment=cifar10_lt/sade"],
-    "tlc": ["experiment=cifar10_lt/tlc"],
-    "mdcs": ["experiment=cifar10_lt/mdcs"],
-    "mdcs_randaugment": ["experiment=cifar10_lt/mdcs", "method.strong_augment=randaugment"],
-    "concutmix": ["experiment=cifar10_lt/concutmix"],
-    "concutmix_dp4": ["experiment=cifar10_lt/concutmix_dp4"],
-    "concutmix_car": ["experiment=cifar10_lt/concutmix_car"],
-    "concutmix_car_power": ["experiment=cifar10_lt/concutmix_car", "method.car.spectral=power"],
-    "sbcl": ["experiment=cifar10_lt/sbcl", "data.batch_size=8"],
-    "batchformer_sade": ["experiment=cifar10_lt/batchformer_sade"],
-}
-
-
-@pytest.mark.parametrize("case", list(CAPTURE_CASES))
+@pytest.mark.parametrize("case", list(STEP_CASES))
 def test_steps_marked_capturable_never_read_back_to_the_host(case: str, monkeypatch: pytest.MonkeyPatch):
     """What a method lets the engine capture (its loss when ``graph_capturable``; its views when
     ``views_capturable``, or the batch augmentation) makes no host read-back and no tensor from
@@ -383,7 +370,7 @@ def test_steps_marked_capturable_never_read_back_to_the_host(case: str, monkeypa
     a dispatch mode, the GPU path of AutoAugment / RandAugment forced."""
     monkeypatch.setattr(policies, "graph_safe_device", lambda device: True)
     split = _synthetic(n=16, size=32)
-    cfg = compose([*CAPTURE_CASES[case], "data.batch_size=8"])
+    cfg = compose([*STEP_CASES[case], "data.batch_size=8"])
     method, augment = _method_and_augment(cfg, split)
     method.train_split = split
     method.train()
