@@ -12,6 +12,7 @@ from torchvision.transforms.v2 import AutoAugmentPolicy, InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from lt_bench.data import policies as P
+from lt_bench.data.augment import random_crop, random_hflip
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -351,6 +352,15 @@ def test_simclr_view_without_colour_is_a_flipped_resized_crop() -> None:
     out = P.simclr_view(images, 32, jitter_p=0.0, grayscale_p=0.0)
     crops = P.resized_crop(images.permute(0, 3, 1, 2), boxes, (32, 32)).permute(0, 2, 3, 1)
     assert torch.equal(out, torch.where(flip.view(-1, 1, 1, 1), crops.flip(2), crops))
+
+
+def test_simclr_view_with_padding_is_a_flipped_padded_crop() -> None:
+    """``padding``: RandomCrop(H, padding) instead of the resized crop (SADE's test-time views)."""
+    images = make_images(64).permute(0, 2, 3, 1).contiguous()
+    with torch.random.fork_rng(devices=[]):
+        expected = random_hflip(random_crop(images, 4))
+    out = P.simclr_view(images, jitter_p=0.0, grayscale_p=0.0, padding=4)
+    assert torch.equal(out, expected)
 
 
 def test_graph_safe_hsv_to_rgb_equals_torchvision() -> None:

@@ -9,6 +9,7 @@ over two views, stopping after the first pass that leaves some ω_k < 0.05.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import math
@@ -25,6 +26,7 @@ from training_steps import assert_loss_drops, learnable_data, sgd_losses
 
 from lt_bench.cli import main
 from lt_bench.config import compose
+from lt_bench.data import policies
 from lt_bench.data.base import ArraySplit, FileSplit
 from lt_bench.data.module import LTDataModule
 from lt_bench.errors import ConfigError
@@ -276,6 +278,33 @@ def test_test_time_stage_adds_aggregated_results() -> None:
         build(COUNTS, *SMALL, "method.tta.sets=[test_forward_50]").test_time_stage(
             fake_trainer(), tiny_datamodule(sets)
         )
+
+
+def test_test_time_views_are_the_official_strong_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``method.tta.views=strong``: each view is test_training_cifar.py's ``train_trsfm`` — RandomCrop(32,
+    padding 4), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, blur σ ∈ [0.1, 2] with p 0.2,
+    flip — then the dataset's normalisation; ``train_augment`` is the run's training augmentation."""
+    calls = []
+    real = policies.simclr_view
+
+    def recording(images, *args, **kwargs):
+        calls.append(kwargs)
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(policies, "simclr_view", recording)
+    datamodule = tiny_datamodule({"test": array_split(8, 1)})
+    view = build(COUNTS, *SMALL)._tta_view(datamodule)
+    batch = torch.from_numpy(array_split(8, 1).images)
+    out = view(batch)
+    assert out.shape == (8, 3, 16, 16) and out.dtype == torch.float32
+    assert calls == [{"padding": 4, "blur_p": 0.2, "blur_kernel": 9}]
+    signature = inspect.signature(real).parameters  # the defaults the call keeps
+    assert signature["jitter"].default == (0.4, 0.4, 0.4, 0.1) and signature["jitter_p"].default == 0.8
+    assert signature["grayscale_p"].default == 0.2 and signature["blur_sigma"].default == (0.1, 2.0)
+    plain = build(COUNTS, *SMALL, "method.tta.views=train_augment")._tta_view(datamodule)
+    assert plain is datamodule.augment
+    with pytest.raises(ConfigError, match="tta.views"):
+        build(COUNTS, *SMALL, "method.tta.views=weak").test_time_stage(fake_trainer(), datamodule)
 
 
 def test_test_time_stage_off_and_file_datasets() -> None:

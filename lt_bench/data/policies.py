@@ -37,7 +37,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional._color import _rgb_to_hsv
 
 from lt_bench.data import graph_ops
-from lt_bench.data.augment import random_hflip
+from lt_bench.data.augment import random_crop, random_hflip
 
 Fill = float | Sequence[float] | None
 Action = tuple[str, float]
@@ -568,10 +568,12 @@ def simclr_view(
     blur_p: float = 0.0,
     blur_sigma: tuple[float, float] = (0.1, 2.0),
     blur_kernel: int | None = None,
+    padding: int | None = None,
 ) -> torch.Tensor:
     """One SimCLR / MoCo-v2 view per image of uint8 RGB ``[B, H, W, 3]``, output ``[B, size, size, 3]``.
 
-    RandomResizedCrop(size, scale), horizontal flip, ColorJitter(*jitter) with probability
+    RandomResizedCrop(size, scale) (with ``padding``: RandomCrop(H, padding) instead, the input size
+    kept, as SADE's test-time views), horizontal flip, ColorJitter(*jitter) with probability
     ``jitter_p``, grayscale with probability ``grayscale_p``, then Gaussian blur with sigma uniform in
     ``blur_sigma`` with probability ``blur_p`` (kernel ``blur_kernel``, default the odd number near
     10% of the side, as SimCLR). ``size`` defaults to the input size. No host sync.
@@ -579,10 +581,12 @@ def simclr_view(
     b, height, width, _ = images.shape
     out_hw = (height, width) if size is None else (size, size) if isinstance(size, int) else tuple(size)
     dev = images.device
-    x = resized_crop(
-        images.permute(0, 3, 1, 2), random_resized_crop_params(b, height, width, scale, device=dev), out_hw
-    )
-    x = random_hflip(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    if padding is None:
+        crops = random_resized_crop_params(b, height, width, scale, device=dev)
+        x = resized_crop(images.permute(0, 3, 1, 2), crops, out_hw).permute(0, 2, 3, 1)
+    else:
+        x = random_crop(images, padding)
+    x = random_hflip(x).permute(0, 3, 1, 2)
     if jitter_p > 0:
         jittered = color_jitter(x, *jitter)
         x = torch.where((torch.rand(b, device=dev) < jitter_p).view(b, 1, 1, 1), jittered, x)

@@ -18,8 +18,11 @@ predicts with ``Σ_k ω_k z_k``. It is transductive, so a run that uses it is ma
 
 Deviations from the official code (also listed in configs/method/sade.yaml):
 
-* the two test-time views are the training augmentation of ``data.train_augment``,
-  not SADE's SimCLR-style views (crop, colour jitter, grayscale, blur, flip);
+* the two test-time views (``method.tta.views: strong``) are the official ``train_trsfm`` of
+  ``test_training_cifar.py`` (RandomCrop(32, 4), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale
+  p 0.2, Gaussian blur σ ∈ [0.1, 2] with p 0.2, flip) as batched tensor ops, the blur a 9-tap Gaussian
+  (PIL ``GaussianBlur(radius=σ)`` officially); ``train_augment`` uses the run's training augmentation
+  instead (what lt-bench did before 2026-11-28);
 * the official CIFAR script learns the weights on *training* images resampled to each test
   distribution (``IMBALANCECIFAR100(train=True, imb_factor=test_imb_factor)``); we learn them on the
   evaluation split itself, as the paper and methods.md §3.3 describe;
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lt_bench.data import policies
 from lt_bench.data.augment import to_normalized_nchw
 from lt_bench.data.base import ArraySplit, Split
 from lt_bench.errors import ConfigError
@@ -52,6 +56,10 @@ from lt_bench.registry import register_method
 PRIOR_EPS = 1e-9
 #: the ``eps`` of the official ``torch.nn.CosineSimilarity`` in the test-time objective
 COSINE_EPS = 1e-6
+#: test-time views: what ``method.tta.views`` may be
+TTA_VIEWS = ("strong", "train_augment")
+#: taps of the strong views' Gaussian blur (covers ±2σ at the largest σ, 2)
+TTA_BLUR_KERNEL = 9
 
 
 class MultiExpertMethod(BaseMethod):
@@ -263,6 +271,9 @@ class SADE(MultiExpertMethod):
     def test_time_stage(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
         if not self.method_cfg.test_time_aggregation:
             return
+        views = self.method_cfg.tta.views
+        if views not in TTA_VIEWS:
+            raise ConfigError(f"method.tta.views='{views}'; valid: {', '.join(TTA_VIEWS)}")
         names = list(self.method_cfg.tta.sets or datamodule.test_sets)
         unknown = sorted(set(names) - set(datamodule.test_sets))
         if unknown:
@@ -286,6 +297,7 @@ class SADE(MultiExpertMethod):
         self, name: str, split: ArraySplit, trainer: L.Trainer, datamodule: L.LightningDataModule
     ) -> None:
         tta = self.method_cfg.tta
+        view = self._tta_view(datamodule)
         images = torch.from_numpy(split.images)
         targets = torch.from_numpy(split.targets)
         generator = torch.Generator().manual_seed(self.cfg.seed)
@@ -295,7 +307,7 @@ class SADE(MultiExpertMethod):
             order = torch.randperm(len(split), generator=generator)
             for b in range(train_batches):
                 batch = images[order[b * tta.batch_size : (b + 1) * tta.batch_size]].to(self.device)
-                views = torch.cat([datamodule.augment(batch), datamodule.augment(batch)])
+                views = torch.cat([view(batch), view(batch)])
                 logits = self._expert_logits(views, trainer)
                 yield logits[:, : len(batch)], logits[:, len(batch) :]
 
@@ -323,6 +335,17 @@ class SADE(MultiExpertMethod):
         self.tta_weights[name] = {"weights": weights.cpu().tolist(), "epochs": passes}
         if name == "test":
             self.result_variants["tta"] = "test_sade_tta"
+
+    def _tta_view(self, datamodule: L.LightningDataModule) -> Callable[[Tensor], Tensor]:
+        """One test-time view of a uint8 ``[B, H, W, C]`` batch, normalised (``method.tta.views``)."""
+        if self.method_cfg.tta.views == "train_augment":
+            return datamodule.augment
+
+        def strong(batch: Tensor) -> Tensor:
+            view = policies.simclr_view(batch, padding=4, blur_p=0.2, blur_kernel=TTA_BLUR_KERNEL)
+            return to_normalized_nchw(view, datamodule.mean, datamodule.std)
+
+        return strong
 
     def record_extras(self) -> dict[str, Any]:
         return {"sade_tta": self.tta_weights} if self.tta_weights else {}
