@@ -37,7 +37,8 @@ from lt_bench.reports.provenance import device_name, git_state
 from lt_bench.runner import build_dataset
 
 METHOD_LIST = (
-    "ce,balanced_softmax,ldam_drw,car,batchformer,sade,tlc,mdcs,concutmix,concutmix_car,sbcl,batchformer_sade"
+    "ce,balanced_softmax,ldam_drw,car,batchformer,sade,tlc,mdcs,concutmix,concutmix_car,sbcl,batchformer_sade,"
+    "balanced_softmax_balms,concutmix_dp4"
 )
 #: official implementation, seconds per epoch on one H200 (issue 6)
 REFERENCE_SECONDS = {"ce": 1.1, "balanced_softmax": 1.1, "ldam_drw": 1.1, "sade": 3.0}
