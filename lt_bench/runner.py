@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from lt_bench.data.augment import BatchAugment
 from lt_bench.data.base import ArraySplit, LTDataset, Split
 from lt_bench.data.module import LTDataModule
 from lt_bench.data.splits import test_agnostic_sets
@@ -214,14 +215,10 @@ def run(cfg: DictConfig) -> Path:
         std=cfg.dataset.std,
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
-        train_augment=cfg.data.train_augment,
-        crop_padding=cfg.data.crop_padding,
+        augment=BatchAugment.from_config(cfg),
         image_size=cfg.data.image_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
-        rotate_degrees=cfg.data.rotate_degrees,
-        cutout_size=cfg.data.cutout_size,
-        autoaugment_fill=cfg.data.autoaugment_fill,
     )
     method_cls = METHODS.get(cfg.method.name)
     method: BaseMethod = method_cls(

@@ -103,23 +103,19 @@ class LTDataModule(L.LightningDataModule):
         std: Sequence[float],
         batch_size: int,
         eval_batch_size: int,
-        train_augment: str = "crop_flip",
-        crop_padding: int = 4,
+        augment: BatchAugment | None = None,
         image_size: int = 224,
         num_workers: int = 0,
         seed: int = 0,
-        rotate_degrees: float = 15.0,
-        cutout_size: int = 16,
-        autoaugment_fill: int = 0,
     ) -> None:
+        """``augment``: the training augmentation of in-memory batches (a run's
+        ``BatchAugment.from_config``); None: crop + flip with ``mean`` / ``std``."""
         super().__init__()
         self.train, self.val, self.test_sets = train, val, test_sets
         self.mean, self.std = list(mean), list(std)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.image_size, self.num_workers, self.seed = image_size, num_workers, seed
-        self.augment = BatchAugment(
-            train_augment, mean, std, crop_padding, rotate_degrees, cutout_size, autoaugment_fill
-        )
+        self.augment = augment or BatchAugment("crop_flip", mean, std)
 
     @property
     def in_memory(self) -> bool:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -105,6 +106,17 @@ class MultiExpertMethod(BaseMethod):
 
     def forward(self, images: Tensor) -> Outputs:
         return self.expert_outputs(self.trunk(images), images.shape[0])
+
+    @contextmanager
+    def _on_trainer_device(self, trainer: L.Trainer) -> Iterator[torch.device]:
+        """The model in evaluation mode on the trainer's device for a test-time stage (yields the
+        device); moved back where it was afterwards."""
+        device, previous = trainer.strategy.root_device, self.device
+        self.to(device).eval()
+        try:
+            yield device
+        finally:
+            self.to(previous)
 
     def _expert_logits(self, images: Tensor, trainer: L.Trainer) -> Tensor:
         """Expert logits ``[E, B, C]`` (float) of normalised images, without gradients, under the
@@ -283,15 +295,14 @@ class SADE(MultiExpertMethod):
             )
         for name in names:
             self._check_in_memory(datamodule.test_sets[name])
-        device = trainer.strategy.root_device
-        previous = self.device
-        self.to(device).eval()
         self.uses_test_data = True
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with (
+            self._on_trainer_device(trainer) as device,
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        ):
             torch.manual_seed(self.cfg.seed)
             for name in names:
                 self._aggregate_on(name, datamodule.test_sets[name], trainer, datamodule)
-        self.to(previous)
 
     def _aggregate_on(
         self, name: str, split: ArraySplit, trainer: L.Trainer, datamodule: L.LightningDataModule

@@ -381,31 +381,28 @@ class TLC(MultiExpertMethod):
         size = self.method_cfg.batch_eval_size
         if self.method_cfg.aggregation != "per_sample" or not size:
             return
-        device = trainer.strategy.root_device
-        previous = self.device
-        self.to(device).eval()
-        eval_size = datamodule.eval_batch_size
-        for name, split in datamodule.test_sets.items():
-            # the main evaluation scores limit_test_batches batches per process, each process every
-            # world_size-th image (UnrepeatedDistributedSampler): together the leading images
-            per_pass = eval_size * trainer.world_size
-            passes = limited_batches(trainer.limit_test_batches, math.ceil(len(split) / per_pass))
-            scored = min(len(split), per_pass * passes)
-            metric = LTMetrics(self.class_counts.long().tolist()).to(device)
-            for block in range(trainer.global_rank, math.ceil(scored / size), trainer.world_size):
-                start, stop = block * size, min((block + 1) * size, scored)
-                logits, targets = [], []
-                for images, y in datamodule.eval_chunks(split, start, stop, device):
-                    logits.append(self._expert_logits(images, trainer))
-                    targets.append(y)
-                expert_logits = torch.cat(logits, dim=1)
-                weights = torch.exp(log_engagement_weights(expert_logits))
-                block_logits = aggregate_experts(expert_logits, weights, self.method_cfg.eta, "batch")
-                metric.update(block_logits * (stop - start) / expert_logits.shape[0], torch.cat(targets))
-            self._finish(f"{name}_tlc_batch", metric)
-            if name == "test":
-                self.result_variants["batch"] = "test_tlc_batch"
-        self.to(previous)
+        with self._on_trainer_device(trainer) as device:
+            eval_size = datamodule.eval_batch_size
+            for name, split in datamodule.test_sets.items():
+                # the main evaluation scores limit_test_batches batches per process, each process every
+                # world_size-th image (UnrepeatedDistributedSampler): together the leading images
+                per_pass = eval_size * trainer.world_size
+                passes = limited_batches(trainer.limit_test_batches, math.ceil(len(split) / per_pass))
+                scored = min(len(split), per_pass * passes)
+                metric = LTMetrics(self.class_counts.long().tolist()).to(device)
+                for block in range(trainer.global_rank, math.ceil(scored / size), trainer.world_size):
+                    start, stop = block * size, min((block + 1) * size, scored)
+                    logits, targets = [], []
+                    for images, y in datamodule.eval_chunks(split, start, stop, device):
+                        logits.append(self._expert_logits(images, trainer))
+                        targets.append(y)
+                    expert_logits = torch.cat(logits, dim=1)
+                    weights = torch.exp(log_engagement_weights(expert_logits))
+                    block_logits = aggregate_experts(expert_logits, weights, self.method_cfg.eta, "batch")
+                    metric.update(block_logits * (stop - start) / expert_logits.shape[0], torch.cat(targets))
+                self._finish(f"{name}_tlc_batch", metric)
+                if name == "test":
+                    self.result_variants["batch"] = "test_tlc_batch"
 
     def compute_loss(self, outputs: Outputs, targets: Tensor) -> Tensor:
         m = self.method_cfg
