@@ -230,7 +230,7 @@ def test_cli_table(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mean, std = expected("balanced_softmax", "top1")
     assert rows["balanced_softmax"]["top1"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
     assert main(["table", str(runs), "--format", "csv"]) == 0
-    assert capsys.readouterr().out.startswith("dataset,imbalance_factor,method,n,")
+    assert capsys.readouterr().out.startswith("dataset,imbalance_factor,profile,method,n,")
 
 
 def test_cli_table_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -304,3 +304,19 @@ def test_relative_accuracy_from_balanced_set_runs(tmp_path: Path) -> None:
 def test_no_relative_column_without_balanced_runs(tmp_path: Path) -> None:
     _record(tmp_path / "ce", "ce", 0, 0.60)
     assert "relative" not in table([tmp_path])
+
+
+def test_imbalance_profiles_are_separate_rows(tmp_path: Path) -> None:
+    """A run on TLC's own split (profile tlc, whose generator ignores the IF) or on a step profile is
+    not averaged with the exponential-profile runs of the same IF."""
+    _record(tmp_path / "exp0", "ldam_drw", 0, 0.70)
+    _record(tmp_path / "exp1", "ldam_drw", 1, 0.72)
+    _record(tmp_path / "tlc0", "ldam_drw", 0, 0.76, profile="tlc")
+    _record(tmp_path / "step0", "ldam_drw", 0, 0.60, profile="step")
+    summary = summarize(records_frame([tmp_path])).set_index("profile")
+    assert summary.loc["exp", "n"] == 2 and summary.loc["exp", "top1_mean"] == pytest.approx(0.71)
+    assert summary.loc["tlc", "n"] == 1 and summary.loc["tlc", "top1_mean"] == pytest.approx(0.76)
+    text = table([tmp_path])
+    assert "| cifar10_lt | 100 | ldam_drw | 2 | 71.00 ± 1.41 |" in text
+    assert "| cifar10_lt | tlc | ldam_drw | 1 | 76.00 |" in text
+    assert "| cifar10_lt | 100 step | ldam_drw | 1 | 60.00 |" in text

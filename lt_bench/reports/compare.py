@@ -24,7 +24,7 @@ import pandas as pd
 
 from lt_bench.errors import LTBenchError
 from lt_bench.reports.record import find_records, read_record
-from lt_bench.reports.table import KEYS
+from lt_bench.reports.table import record_key
 
 #: rows of the main table: (metric key in the record, row label); fractions shown x100
 MAIN_METRICS = (
@@ -102,7 +102,7 @@ class Group:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return tuple(self.first[k] for k in KEYS)
+        return record_key(self.first)
 
     @property
     def seeds(self) -> list[int]:
@@ -127,12 +127,12 @@ class Group:
 
 
 def _split(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Records per (dataset, IF, method) key, newest per seed, keys in order of appearance."""
+    """Records per (dataset, IF, profile, method) key, newest per seed, keys in order of appearance."""
     by_key: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
     for record in records:
-        by_key.setdefault(tuple(record[k] for k in KEYS), {})
+        by_key.setdefault(record_key(record), {})
     for record in sorted(records, key=lambda r: r.get("provenance", {}).get("finished") or ""):
-        by_key[tuple(record[k] for k in KEYS)][record["seed"]] = record
+        by_key[record_key(record)][record["seed"]] = record
     return [sorted(seeds.values(), key=lambda r: r["seed"]) for seeds in by_key.values()]
 
 

@@ -11,8 +11,14 @@ from lt_bench.metrics.relative import relative_accuracy
 from lt_bench.reports.record import find_records, read_record
 
 COLUMNS = ("top1", "many", "medium", "few", "worst_class", "harmonic_mean", "ece")
-KEYS = ("dataset", "imbalance_factor", "method")
+KEYS = ("dataset", "imbalance_factor", "profile", "method")
 FORMATS = ("md", "csv", "latex")
+
+
+def record_key(record: dict) -> tuple:
+    """(dataset, IF, imbalance profile, method) of a run record; records before the profile was
+    recorded are exponential-profile runs."""
+    return record["dataset"], record["imbalance_factor"], record.get("profile", "exp"), record["method"]
 
 
 def records_frame(paths: list[Path]) -> pd.DataFrame:
@@ -21,7 +27,8 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
     rows = []
     for path in find_records(paths):
         record = read_record(path)
-        balanced = record.get("profile") == "balanced"
+        profile = record.get("profile", "exp")
+        balanced = profile == "balanced"
         variants = {record["method"]: "test", **record.get("variants", {})}
         if balanced:
             variants = {balanced_label(m): key for m, key in variants.items()}
@@ -29,7 +36,10 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
             result = record["metrics"][key]
             rows.append(
                 {
-                    **{k: record[k] for k in KEYS},
+                    "dataset": record["dataset"],
+                    "imbalance_factor": record["imbalance_factor"],
+                    # a balanced-set run is the "(balanced set)" twin of the exp-profile runs of its IF
+                    "profile": "exp" if balanced else profile,
                     "method": method,
                     "seed": record["seed"],
                     "finished": record["provenance"]["finished"],
@@ -48,7 +58,7 @@ def balanced_label(method: str) -> str:
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, IF, method): ``n`` seeds, ``<col>_mean`` and ``<col>_std`` (NaN for one seed),
+    """Per (dataset, IF, profile, method): ``n`` seeds, ``<col>_mean`` and ``<col>_std`` (NaN for one seed),
     and ``relative`` accuracy where balanced-set runs exist (see ``add_relative_accuracy``)."""
     grouped = frame.groupby(list(KEYS), sort=True, dropna=False)
     out = grouped.size().rename("n").to_frame()
@@ -64,15 +74,24 @@ def add_relative_accuracy(summary: pd.DataFrame) -> pd.DataFrame:
     A_v is CE trained on the balanced set of the same dataset and IF (``ce (balanced set)``), A_b the
     method itself on that set when it was run (else A_u = A_v, valid when A_b <= A_v). NaN without A_v.
     """
-    top1 = {(r.dataset, r.imbalance_factor, r.method): r.top1_mean for r in summary.itertuples()}
+    top1 = {(r.dataset, r.imbalance_factor, r.profile, r.method): r.top1_mean for r in summary.itertuples()}
     relative = []
     for r in summary.itertuples():
-        vanilla = top1.get((r.dataset, r.imbalance_factor, balanced_label("ce")))
-        own = top1.get((r.dataset, r.imbalance_factor, balanced_label(r.method)))
+        vanilla = top1.get((r.dataset, r.imbalance_factor, r.profile, balanced_label("ce")))
+        own = top1.get((r.dataset, r.imbalance_factor, r.profile, balanced_label(r.method)))
         lt_run = not r.method.endswith("(balanced set)")
         ok = lt_run and vanilla is not None and vanilla > 0
         relative.append(relative_accuracy(r.top1_mean, vanilla, own) if ok else math.nan)
     return summary.assign(relative=relative)
+
+
+def imbalance_cell(imbalance_factor: float, profile: str) -> str:
+    """The IF column: ``100`` (exponential profile), ``100 step``, or ``tlc`` (TLC's generator, which
+    has no imbalance factor); runs of different profiles are different rows."""
+    if profile == "tlc":
+        return "tlc"
+    value = "–" if pd.isna(imbalance_factor) else f"{imbalance_factor:g}"
+    return value if profile == "exp" else f"{value} {profile}"
 
 
 def _cell(mean: float, std: float, pm: str) -> str:
@@ -91,7 +110,10 @@ def render(summary: pd.DataFrame, fmt: str = "md") -> str:
     shown = pd.DataFrame(
         {
             "dataset": summary["dataset"],
-            "IF": summary["imbalance_factor"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
+            "IF": [
+                imbalance_cell(v, p)
+                for v, p in zip(summary["imbalance_factor"], summary["profile"], strict=True)
+            ],
             "method": summary["method"],
             "n": summary["n"],
             **{
