@@ -193,7 +193,7 @@ def test_class_changes_need_the_same_classes(tmp_path: Path) -> None:
     ce, other = load_groups([a, b])
     other.records[0]["class_names"] = ["w", "x", "y", "z"]
     assert class_changes(ce, other, 5) is None
-    assert [g.label for g in (ce, other)] == ["ce (toy_lt, IF 62.5)", "ce (other_lt, IF 62.5)"]
+    assert [g.label for g in (ce, other)] == ["ce (toy_lt IF 62.5)", "ce (other_lt IF 62.5)"]
 
 
 def test_set_names() -> None:
@@ -266,3 +266,17 @@ def test_cli_on_two_real_run_records(tmp_path: Path, capsys: pytest.CaptureFixtu
         "shots.svg",
     ]
     assert "note: reliability diagram skipped" in out
+
+
+def test_profiles_are_separate_groups_with_their_own_labels(tmp_path: Path) -> None:
+    """A folder holding exponential, TLC-split and balanced-set runs of one method splits into three
+    groups labelled by where they ran; TLC's generator ignores the configured IF."""
+    root = tmp_path / "runs"
+    write_run(root, "ce", 0, [0.9, 0.8, 0.4, 0.1])
+    for profile, day in (("tlc", 2), ("balanced", 3)):
+        path = write_run(root, "ce", 0, [0.9, 0.8, 0.6, 0.5], finished=f"2026-01-0{day}T00:00:00+00:00")
+        record = json.loads((path / "record.json").read_text())
+        record["profile"] = profile
+        (path / "record.json").write_text(json.dumps(record))
+    labels = sorted(g.label for g in load_groups([root]))
+    assert labels == ["ce (balanced set) (toy_lt IF 62.5)", "ce (toy_lt (TLC split))", "ce (toy_lt IF 62.5)"]

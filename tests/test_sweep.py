@@ -128,7 +128,10 @@ def test_sigterm_to_a_sweep_stops_its_runs_at_an_epoch_boundary(tmp_path: Path) 
     )
     deadline = time.monotonic() + 300
     while len(list(tmp_path.glob("*/checkpoints/last.ckpt"))) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None, "the runs never checkpointed"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            logs = "\n".join(f"{log}:\n{log.read_text()}" for log in tmp_path.glob("*.log"))
+            pytest.fail(f"the runs never checkpointed; sweep: {proc.communicate()}\n{logs}")
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)

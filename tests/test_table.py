@@ -270,7 +270,7 @@ def test_record_variants_become_their_own_rows(tmp_path: Path) -> None:
     assert summary.loc["sade+tta", "n"] == 2
 
 
-def _record(path: Path, method: str, seed: int, top1: float, profile: str = "exp") -> None:
+def _record(path: Path, method: str, seed: int, top1: float, profile: str | None = "exp") -> None:
     record = {
         "dataset": "cifar10_lt",
         "imbalance_factor": 100,
@@ -320,3 +320,20 @@ def test_imbalance_profiles_are_separate_rows(tmp_path: Path) -> None:
     assert "| cifar10_lt | 100 | ldam_drw | 2 | 71.00 ± 1.41 |" in text
     assert "| cifar10_lt | tlc | ldam_drw | 1 | 76.00 |" in text
     assert "| cifar10_lt | 100 step | ldam_drw | 1 | 60.00 |" in text
+
+
+def test_unrecorded_profile_is_exponential_and_tlc_ignores_the_imbalance_factor(tmp_path: Path) -> None:
+    """Image-list datasets record ``profile: null`` (and no IF); TLC-split runs configured with
+    different IFs train on the same data and form one row."""
+    _record(tmp_path / "inat", "ce", 0, 0.60, profile=None)
+    record = json.loads((tmp_path / "inat" / "record.json").read_text())
+    record.update(dataset="inaturalist2018", imbalance_factor=None)
+    (tmp_path / "inat" / "record.json").write_text(json.dumps(record))
+    _record(tmp_path / "tlc0", "tlc", 0, 0.76, profile="tlc")
+    _record(tmp_path / "tlc1", "tlc", 1, 0.78, profile="tlc")
+    record = json.loads((tmp_path / "tlc1" / "record.json").read_text())
+    record["imbalance_factor"] = 50
+    (tmp_path / "tlc1" / "record.json").write_text(json.dumps(record))
+    text = table([tmp_path])
+    assert "| inaturalist2018 | – | ce | 1 | 60.00 |" in text
+    assert "| cifar10_lt | tlc | tlc | 2 | 77.00 ± 1.41 |" in text

@@ -1,7 +1,7 @@
 """Runs side by side: head/tail metrics with deltas against a baseline, seed spread, class changes.
 
 Each path given is a group: a run folder (or ``record.json``), or a folder of records of one method
-over seeds. A folder holding several (dataset, imbalance factor, method) keys splits into one group
+over seeds. A folder holding several (dataset, imbalance factor, profile, method) keys splits into one group
 per key, in the order its records are found. Within a group a re-run of a seed keeps the newest
 record, as ``lt-bench table`` does. The first group is the baseline (``--baseline`` picks another).
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 from lt_bench.errors import LTBenchError
 from lt_bench.reports.record import find_records, read_record
-from lt_bench.reports.table import record_key
+from lt_bench.reports.table import place_name, record_key
 
 #: rows of the main table: (metric key in the record, row label); fractions shown x100
 MAIN_METRICS = (
@@ -90,7 +90,7 @@ def exceeds_spread(a: Stat, b: Stat) -> bool:
 
 @dataclass
 class Group:
-    """The runs (one record per seed) of one method on one dataset and imbalance factor."""
+    """The runs (one record per seed) of one method on one dataset, imbalance factor and profile."""
 
     label: str
     records: list[dict[str, Any]]
@@ -127,7 +127,8 @@ class Group:
 
 
 def _split(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Records per (dataset, IF, profile, method) key, newest per seed, keys in order of appearance."""
+    """Records per ``record_key`` (dataset, IF, profile, method), newest per seed, keys in order of
+    appearance."""
     by_key: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
     for record in records:
         by_key.setdefault(record_key(record), {})
@@ -136,16 +137,15 @@ def _split(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [sorted(seeds.values(), key=lambda r: r["seed"]) for seeds in by_key.values()]
 
 
-def _label(record: dict[str, Any], spans_datasets: bool) -> str:
-    method, dataset, imbalance = record["method"], record["dataset"], record["imbalance_factor"]
-    if not spans_datasets:
-        return method
-    return f"{method} ({dataset}, IF {imbalance:g})" if imbalance is not None else f"{method} ({dataset})"
+def _label(record: dict[str, Any], spans_places: bool) -> str:
+    *place, method = record_key(record)
+    return f"{method} ({place_name(*place)})" if spans_places else method
 
 
 def unique_labels(groups: list[Group]) -> list[Group]:
-    """Label groups by method (plus dataset and IF when these differ), then by source path if needed."""
-    spans = len({g.key[:2] for g in groups}) > 1
+    """Label groups by method (plus dataset, IF and profile when these differ), then by source path if
+    needed."""
+    spans = len({g.key[:3] for g in groups}) > 1
     for group in groups:
         group.label = _label(group.first, spans)
     for label in {g.label for g in groups}:
@@ -159,7 +159,7 @@ def unique_labels(groups: list[Group]) -> list[Group]:
 
 
 def load_groups(paths: list[Path]) -> list[Group]:
-    """One group per path, split by (dataset, IF, method) when a folder holds several."""
+    """One group per path, split by (dataset, IF, profile, method) when a folder holds several."""
     groups = []
     for path in paths:
         records = [read_record(p) for p in find_records([path])]
@@ -281,8 +281,7 @@ def class_changes(base: Group, other: Group, top: int) -> pd.DataFrame | None:
 
 
 def _title(groups: list[Group]) -> str:
-    places = list(dict.fromkeys(g.key[:2] for g in groups))
-    where = ", ".join(f"{d} IF {i:g}" if i is not None else d for d, i in places)
+    where = ", ".join(place_name(*place) for place in dict.fromkeys(g.key[:3] for g in groups))
     return f"{where}: test set, baseline {groups[0].label}"
 
 

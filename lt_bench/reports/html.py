@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from lt_bench.reports.compare import Group, Section, compare_sections, load_groups, with_baseline
-from lt_bench.reports.table import records_frame, render, summarize
+from lt_bench.reports.table import place_name, records_frame, render, summarize
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -69,10 +69,11 @@ def _block_html(groups: list[Group], top: int) -> str:
 
 
 def blocks(groups: list[Group], baseline: str | None) -> list[list[Group]]:
-    """Groups per (dataset, IF) in order of appearance, each with ``baseline`` first where present."""
+    """Groups per (dataset, IF, profile) in order of appearance, each with ``baseline`` first where
+    present."""
     by_place: dict[tuple[Any, ...], list[Group]] = {}
     for group in groups:
-        by_place.setdefault(group.key[:2], []).append(group)
+        by_place.setdefault(group.key[:3], []).append(group)
     out = []
     for block in by_place.values():
         present = baseline is not None and any(baseline in (g.label, g.first["method"]) for g in block)
@@ -93,10 +94,7 @@ def build_report(paths: list[Path], baseline: str | None = None, top: int = 5) -
         '<p class="note">Test set, accuracies and ECE in %, mean ± std over seeds (n).</p>',
     ]
     for block in blocks(load_groups(paths), baseline):
-        first = block[0].first
-        where = first["dataset"] + (
-            f" IF {first['imbalance_factor']:g}" if first["imbalance_factor"] is not None else ""
-        )
+        where = place_name(*block[0].key[:3])
         body += [f"<h2>Comparison: {html.escape(where)}</h2>", _block_html(block, top)]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

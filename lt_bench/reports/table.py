@@ -15,32 +15,54 @@ KEYS = ("dataset", "imbalance_factor", "profile", "method")
 FORMATS = ("md", "csv", "latex")
 
 
-def record_key(record: dict) -> tuple:
-    """(dataset, IF, imbalance profile, method) of a run record; records before the profile was
-    recorded are exponential-profile runs."""
-    return record["dataset"], record["imbalance_factor"], record.get("profile", "exp"), record["method"]
+def record_profile(record: dict) -> str:
+    """A run record's imbalance profile; ``exp`` where none is recorded (image-list datasets, whose
+    split is fixed, and records written before the profile was recorded)."""
+    return record.get("profile") or "exp"
+
+
+def place_key(record: dict) -> tuple[str, float | None, str]:
+    """(dataset, IF, profile) of the table block a run belongs to. TLC's generator has no imbalance
+    factor (IF None, whatever was configured); a balanced-set run is the ``(balanced set)`` twin of the
+    exponential-profile runs of its IF, so it sits with them (profile ``exp``, see ``record_key``)."""
+    profile = record_profile(record)
+    imbalance = None if profile == "tlc" else record["imbalance_factor"]
+    return record["dataset"], imbalance, "exp" if profile == "balanced" else profile
+
+
+def record_key(record: dict) -> tuple[str, float | None, str, str]:
+    """(dataset, IF, profile, method) as ``place_key``; a balanced-set run's method is its
+    ``balanced_label``."""
+    method = record["method"]
+    return (*place_key(record), balanced_label(method) if record_profile(record) == "balanced" else method)
+
+
+def place_name(dataset: str, imbalance_factor: float | None, profile: str) -> str:
+    """``cifar10_lt IF 100``, ``cifar10_lt IF 100 step``, ``cifar10_lt (TLC split)``, ``imagenet_lt``."""
+    if profile == "tlc":
+        return f"{dataset} (TLC split)"
+    cell = imbalance_cell(imbalance_factor, profile)
+    return dataset if cell == "–" else f"{dataset} IF {cell}"
 
 
 def records_frame(paths: list[Path]) -> pd.DataFrame:
     """One row per run (test-set metrics) and per variant it records (e.g. ``sade+tta`` from
-    ``metrics.test_sade_tta``); a re-run of the same seed keeps the newest record."""
+    ``metrics.test_sade_tta``), keyed as ``record_key`` (a balanced-set run's rows carry profile
+    ``exp`` and the ``(balanced set)`` method name); a re-run of the same seed keeps the newest record."""
     rows = []
     for path in find_records(paths):
         record = read_record(path)
-        profile = record.get("profile", "exp")
-        balanced = profile == "balanced"
+        dataset, imbalance, profile = place_key(record)
+        balanced = record_profile(record) == "balanced"
         variants = {record["method"]: "test", **record.get("variants", {})}
-        if balanced:
-            variants = {balanced_label(m): key for m, key in variants.items()}
         for method, key in variants.items():
             result = record["metrics"][key]
             rows.append(
                 {
-                    "dataset": record["dataset"],
-                    "imbalance_factor": record["imbalance_factor"],
-                    # a balanced-set run is the "(balanced set)" twin of the exp-profile runs of its IF
-                    "profile": "exp" if balanced else profile,
-                    "method": method,
+                    "dataset": dataset,
+                    "imbalance_factor": imbalance,
+                    "profile": profile,
+                    "method": balanced_label(method) if balanced else method,
                     "seed": record["seed"],
                     "finished": record["provenance"]["finished"],
                     **{col: result.get(col) for col in COLUMNS},
@@ -85,9 +107,9 @@ def add_relative_accuracy(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.assign(relative=relative)
 
 
-def imbalance_cell(imbalance_factor: float, profile: str) -> str:
-    """The IF column: ``100`` (exponential profile), ``100 step``, or ``tlc`` (TLC's generator, which
-    has no imbalance factor); runs of different profiles are different rows."""
+def imbalance_cell(imbalance_factor: float | None, profile: str) -> str:
+    """The IF column: ``100`` (exponential profile), ``100 step``, ``tlc`` (TLC's generator, which
+    has no imbalance factor), ``–`` (no IF: image-list datasets); profiles are different rows."""
     if profile == "tlc":
         return "tlc"
     value = "–" if pd.isna(imbalance_factor) else f"{imbalance_factor:g}"
