@@ -304,6 +304,8 @@ def run(cfg: DictConfig) -> Path:
             "started": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
+            # one entry per process that trained (several when the run was resumed): commit, device, epochs
+            "training_segments": fast.training_segments if engine == "fast" else method.training_segments,
         },
         "timing": {
             "engine": engine,

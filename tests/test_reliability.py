@@ -25,6 +25,13 @@ def _needs_fashion_mnist() -> None:
     require_fashion_mnist()
 
 
+def segment_epochs(path: Path) -> list[list[int]]:
+    """``[first, end)`` of each training segment in the record under ``path``; each names a device."""
+    segments = json.loads((path / "r" / "record.json").read_text())["provenance"]["training_segments"]
+    assert all(s["device"].startswith("cpu") and "git_commit" in s for s in segments)
+    return [s["epochs"] for s in segments]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("full")
@@ -35,6 +42,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_same_seed_gives_identical_record_metrics(uninterrupted: Path, tmp_path: Path) -> None:
     assert main(["run", *small_run(tmp_path)]) == 0
     assert_same_metrics(record_metrics(uninterrupted), record_metrics(tmp_path))
+    assert segment_epochs(tmp_path) == [[0, 3]]  # one process trained epochs 0-2
 
 
 @pytest.mark.parametrize("engine", ["lightning", "fast"])
@@ -63,6 +71,10 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics(engine: str, tmp_path:
         main(["run", *small_run(reference, "trainer.limit_train_batches=25", f"train.engine={engine}")]) == 0
     )
     assert_same_metrics(record_metrics(reference), record_metrics(tmp_path))
+    # the killed process, then the resumed one (only the first when the kill came after its last epoch)
+    epochs = segment_epochs(tmp_path)
+    assert epochs[0][0] == 0 and epochs[-1][1] == 3 and len(epochs) <= 2
+    assert all(end == start for (_, end), (start, _) in zip(epochs, epochs[1:], strict=False))
 
 
 def test_sigterm_stops_a_fast_run_at_the_epoch_boundary_and_it_resumes(tmp_path: Path) -> None:
@@ -97,6 +109,7 @@ def test_sigterm_stops_a_fast_run_at_the_epoch_boundary_and_it_resumes(tmp_path:
     )
     assert main(["run", *ref_args]) == 0
     assert_same_metrics(record_metrics(reference), record_metrics(tmp_path))
+    assert segment_epochs(tmp_path) == [[0, next_epoch], [next_epoch, 6]]
 
 
 def test_checkpoint_of_another_method_is_refused(uninterrupted: Path, tmp_path: Path, capsys) -> None:

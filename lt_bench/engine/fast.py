@@ -35,6 +35,7 @@ from lt_bench.engine.sgd import GraphSGD
 from lt_bench.engine.stop import StopRequests
 from lt_bench.errors import ConfigError, RunInterrupted
 from lt_bench.methods.base import BaseMethod, limited_batches
+from lt_bench.reports.provenance import checkpoint_segments, training_segment
 
 #: batch augmentations made only of graph-safe tensor ops (no host sync, fixed shapes), as the host-sync
 #: test checks them; ``simclr`` as a run's batch augmentation has no such check yet and stays eager
@@ -110,6 +111,8 @@ class FastEngine:
         self.warmups: dict[tuple[Hashable, int], int] = {}
         self.static: dict[tuple[Hashable, int], dict[str, Any]] = {}
         self.start_epoch = 0
+        #: who trained which epochs (``provenance.training_segment``): earlier runs of a resumed one first
+        self.training_segments: list[dict] = []
         self.captures = 0
         self.notes: list[str] = []
 
@@ -274,8 +277,9 @@ class FastEngine:
 
     # --- epochs --------------------------------------------------------------------------------
     def fit(self, resume_from: Path | None = None) -> FitSummary:
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
+        earlier = self.load_checkpoint(resume_from) if resume_from is not None else []
+        left = self.start_epoch < self.max_epochs  # a process that only evaluates trains no segment
+        self.training_segments = [*earlier, *[training_segment(self.device.type, self.start_epoch)] * left]
         num_samples = len(self.targets)
         seen_before = self.method.train_images_seen
         if self.device.type == "cuda":
@@ -390,7 +394,10 @@ class FastEngine:
         return self.run_dir / "checkpoints" / "last.ckpt"
 
     def save_checkpoint(self, next_epoch: int) -> None:
-        """Atomically write what a resumed run needs: weights, buffers, momentum, schedule, counters."""
+        """Atomically write what a resumed run needs: weights, buffers, momentum, schedule, counters,
+        and who trained which epochs."""
+        if self.training_segments:
+            self.training_segments[-1]["epochs"][1] = next_epoch
         state = {
             "engine": ENGINE_NAME,
             "hyper_parameters": {
@@ -403,6 +410,7 @@ class FastEngine:
             "next_epoch": next_epoch,
             "step_count": int(self.step_count),
             "skipped_steps": self.method.skipped_steps,
+            "training_segments": self.training_segments,
         }
         path = self.checkpoint_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -410,7 +418,8 @@ class FastEngine:
         torch.save(state, tmp)
         tmp.replace(path)
 
-    def load_checkpoint(self, path: Path) -> None:
+    def load_checkpoint(self, path: Path) -> list[dict]:
+        """Restore the state ``save_checkpoint`` wrote; return the checkpoint's training segments."""
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("engine") != ENGINE_NAME:
             raise ConfigError(
@@ -425,3 +434,4 @@ class FastEngine:
         self.start_epoch = int(state["next_epoch"])
         self.step_count.fill_(int(state["step_count"]))
         self.method.skipped_steps = int(state["skipped_steps"])
+        return checkpoint_segments(state, self.start_epoch)

@@ -66,3 +66,29 @@ def device_name(accelerator: str) -> str:
         return torch.cuda.get_device_name(0)
     cpu = platform.processor() or platform.machine()
     return f"cpu ({cpu}, {os.cpu_count()} cores)"
+
+
+#: the note on the first training segment of a checkpoint written before segments were recorded
+UNRECORDED_SEGMENT = "trained before checkpoints recorded their commit and device"
+
+
+def training_segment(accelerator: str, first_epoch: int) -> dict[str, object]:
+    """One stretch of a run's training by one process: commit, device and epochs ``[first, end)``
+    (``end`` advances with each checkpoint). A resumed run's record lists every stretch."""
+    git = git_state()
+    return {
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "device": device_name(accelerator),
+        "epochs": [first_epoch, first_epoch],
+    }
+
+
+def checkpoint_segments(checkpoint: dict, next_epoch: int) -> list[dict[str, object]]:
+    """The training segments a checkpoint's weights came from; one of unknown commit and device for a
+    checkpoint written before they were recorded."""
+    segments = checkpoint.get("training_segments")
+    if segments:
+        return [{**s, "epochs": list(s["epochs"])} for s in segments]
+    unknown = {"git_commit": None, "git_dirty": None, "device": None, "epochs": [0, next_epoch]}
+    return [{**unknown, "note": UNRECORDED_SEGMENT}]
