@@ -84,6 +84,20 @@ def evaluation_sets(dataset: LTDataset, cfg: DictConfig) -> dict[str, Split]:
     return sets
 
 
+def test_curve_summary(top1_by_epoch: dict[int, float]) -> dict[str, object]:
+    """``evaluation.test_curve``: test top-1 after each epoch this process trained, and where it peaked.
+    A diagnostic for comparing with papers whose code reports the best test epoch; the record's
+    metrics stay those of the last epoch."""
+    epochs = sorted(top1_by_epoch)
+    best = max(epochs, key=lambda e: (top1_by_epoch[e], e)) if epochs else None
+    return {
+        "note": "diagnostic only: selecting the best test epoch would tune on the test set",
+        "test_top1_by_epoch": {str(e): top1_by_epoch[e] for e in epochs},
+        "best_epoch": best,
+        "best_minus_last": top1_by_epoch[best] - top1_by_epoch[epochs[-1]] if epochs else None,
+    }
+
+
 def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
     callbacks: list[L.Callback] = []
     if cfg.logger.progress_bar and sys.stdout.isatty():
@@ -251,6 +265,7 @@ def run(cfg: DictConfig) -> Path:
                 fast_engine_device(cfg),
                 run_dir,
                 use_graphs=None if cfg.train.cuda_graphs else False,
+                test_curve=dataset.test if cfg.evaluation.test_curve else None,
             )
             summary = fast.fit(resume_from)
             step_mode, epochs_done = summary.step_mode, summary.epochs
@@ -307,6 +322,7 @@ def run(cfg: DictConfig) -> Path:
             # one entry per process that trained (several when the run was resumed): commit, device, epochs
             "training_segments": fast.training_segments if engine == "fast" else method.training_segments,
         },
+        "diagnostics": test_curve_summary(fast.curve_top1) if cfg.evaluation.test_curve else None,
         "timing": {
             "engine": engine,
             "step_mode": step_mode,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -172,3 +173,34 @@ def test_two_process_ddp_evaluation_equals_one_process(uninterrupted: Path, tmp_
     ddp = cli(small_run(tmp_path, "trainer.devices=2", "trainer.strategy=ddp"), timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert_same_metrics(record_metrics(uninterrupted), record_metrics(tmp_path), rel=1e-12)
+
+
+def test_test_curve_scores_every_epoch_without_changing_the_run(tmp_path: Path) -> None:
+    """``evaluation.test_curve=true`` (a fast-engine diagnostic, chosen by ``train.engine=auto`` on a
+    CPU too): test top-1 after every epoch in the log and the record; the last epoch's value is the
+    record's test top-1; training and metrics are those of the same run without it."""
+    assert main(["run", *small_run(tmp_path, "evaluation.test_curve=true")]) == 0
+    record = json.loads((tmp_path / "r" / "record.json").read_text())
+    assert record["timing"]["engine"] == "fast"
+    curve = record["diagnostics"]["test_top1_by_epoch"]
+    assert list(curve) == ["0", "1", "2"] and curve["2"] == record["metrics"]["test"]["top1"]
+    best = record["diagnostics"]["best_epoch"]
+    assert curve[str(best)] == max(curve.values())
+    assert record["diagnostics"]["best_minus_last"] == curve[str(best)] - curve["2"] >= 0
+    log = pd.read_csv(tmp_path / "r" / "train_log.csv")
+    assert log["diag/test_top1"].tolist() == list(curve.values())
+
+    plain = tmp_path / "plain"
+    assert main(["run", *small_run(plain, "train.engine=fast")]) == 0
+    assert json.loads((plain / "r" / "record.json").read_text())["diagnostics"] is None
+    plain_log = pd.read_csv(plain / "r" / "train_log.csv")
+    assert plain_log["train/loss_epoch"].tolist() == log["train/loss_epoch"].tolist()
+    assert_same_metrics(record_metrics(plain), record["metrics"])
+
+
+def test_test_curve_needs_the_fast_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = small_run(tmp_path, "evaluation.test_curve=true", "train.engine=lightning")
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation.test_curve=true" in err and "train.engine=lightning" in err
+    assert not (tmp_path / "r").exists()

@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from lt_bench.data.augment import AUGMENTATIONS, BatchAugment
+from lt_bench.data.augment import AUGMENTATIONS, BatchAugment, to_normalized_nchw
 from lt_bench.data.base import ArraySplit
 from lt_bench.engine.sgd import GraphSGD
 from lt_bench.engine.stop import StopRequests
@@ -76,6 +76,7 @@ class FastEngine:
         device: torch.device,
         run_dir: Path,
         use_graphs: bool | None = None,
+        test_curve: ArraySplit | None = None,
     ) -> None:
         self.method, self.augment, self.cfg, self.device = method, augment, cfg, device
         self.run_dir = Path(run_dir)
@@ -115,6 +116,12 @@ class FastEngine:
         self.training_segments: list[dict] = []
         self.captures = 0
         self.notes: list[str] = []
+        #: ``evaluation.test_curve``: the test split on the device, scored after every epoch (diagnostic)
+        self.curve = None
+        if test_curve is not None:
+            arrays = (test_curve.images, test_curve.targets)
+            self.curve = tuple(torch.from_numpy(a).to(device) for a in arrays)
+        self.curve_top1: dict[int, float] = {}
 
     # --- one step ------------------------------------------------------------------------------
     def _inputs(self, index: Tensor) -> tuple[Tensor, ...]:
@@ -363,8 +370,28 @@ class FastEngine:
         row.update({f"lr_group{k}": lr for k, lr in enumerate(lrs[1:], start=1)})
         row["train/loss_epoch"] = float(self.loss_sum) / done
         row.update({f"train/{k}_epoch": float(self.term_sums[k]) / done for k in sorted(self.active_terms)})
+        if self.curve is not None:
+            row["diag/test_top1"] = self.curve_top1[epoch] = self._test_top1()
         self._log(row)
         self.save_checkpoint(epoch + 1)
+
+    @torch.no_grad()
+    def _test_top1(self) -> float:
+        """Diagnostic: top-1 of the method's prediction (``predict_logits``, eval mode, as the test
+        evaluation scores it) on the whole test split now; draws no random number. The next epoch's
+        ``begin_epoch`` puts the method back in training mode."""
+        images, targets = self.curve
+        size = int(self.cfg.data.eval_batch_size)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self.method.eval()
+        for low in range(0, len(targets), size):
+            x = to_normalized_nchw(images[low : low + size], self.cfg.dataset.mean, self.cfg.dataset.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.method.predict_logits(self.method(x))
+            correct += (logits.argmax(1) == targets[low : low + size]).sum()
+        return int(correct) / len(targets)
 
     @property
     def log_path(self) -> Path:
