@@ -217,15 +217,16 @@ def test_extreme_logits_give_a_finite_loss_and_gradients(aggregation: str, epoch
 
 
 # --- loss against a transcription ---------------------------------------------------------------------
-def loss_by_hand(z, y, target, w, margins, weights, kl_coef, temp, tau, scale=30.0):
-    """Per expert: masked mean over samples of ℓ_nll + kl_coef ℓ_KL - 0.01 T̄² KL, in Python floats."""
+def loss_by_hand(z, y, target, w, margins, weights, kl_coef, temp, tau, scale=30.0, plus_mean=False):
+    """Per expert: masked mean over samples of ℓ_nll + kl_coef ℓ_KL - 0.01 T̄² KL, in Python floats;
+    ``plus_mean``: plus the mean over all samples (the official loss before commit 204f50b)."""
     num_experts, batch, num_classes = len(z), len(z[0]), len(z[0][0])
     t_mean = sum(temp) / num_classes
     out = []
     for k in range(num_experts):
         wk = w[k]
         mask = [wk[n] / max(wk) > tau for n in range(batch)]
-        total, count = 0.0, 0
+        total, count, everyone = 0.0, 0, 0.0
         for n in range(batch):
             zt = [z[k][n][c] - (scale * margins[y[n]] if c == y[n] else 0.0) for c in range(num_classes)]
             at = [math.exp(v) for v in zt]
@@ -243,15 +244,18 @@ def loss_by_hand(z, y, target, w, margins, weights, kl_coef, temp, tau, scale=30
             q = [math.exp(z[k][n][c] / temp[c]) for c in range(num_classes)]
             q = [v / sum(q) for v in q]
             div = sum(p[c] * (math.log(p[c]) - math.log(q[c])) for c in range(num_classes))
+            sample_loss = nll + kl_coef * kl - 0.01 * t_mean**2 * div
+            everyone += sample_loss
             if mask[n]:
-                total += nll + kl_coef * kl - 0.01 * t_mean**2 * div
+                total += sample_loss
                 count += 1
-        out.append(total / count)
+        out.append(total / count + (everyone / batch if plus_mean else 0.0))
     return out
 
 
+@pytest.mark.parametrize("plus_mean", [False, True])
 @pytest.mark.parametrize("drw", [False, True])
-def test_expert_losses_match_the_formula(drw: bool) -> None:
+def test_expert_losses_match_the_formula(drw: bool, plus_mean: bool) -> None:
     g = torch.Generator().manual_seed(1)
     z = 3 * torch.randn(3, 6, 4, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 3, 3, 0])
@@ -276,6 +280,7 @@ def test_expert_losses_match_the_formula(drw: bool) -> None:
         kl_coef=0.37,
         temperature=temp if drw else None,
         tau=0.54,
+        plus_mean=plus_mean,
     )
     expected = loss_by_hand(
         z.tolist(),
@@ -287,6 +292,7 @@ def test_expert_losses_match_the_formula(drw: bool) -> None:
         0.37,
         temp.tolist() if drw else [1.0] * 4,
         0.54,
+        plus_mean=plus_mean,
     )
     assert got.tolist() == pytest.approx(expected, rel=1e-6)
 
@@ -512,3 +518,23 @@ def test_eval_chunks_of_image_files_follow_the_evaluation_transform(tmp_path) ->
     expected = (torch.tensor([40.0, 80.0, 120.0]) / 255 - 0.5) / 0.25
     torch.testing.assert_close(images.mean(dim=(1, 2, 3)), expected, atol=1e-5, rtol=0)
     assert torch.cat([t for _, t in chunks]).tolist() == [1, 0, 1]
+
+
+def test_the_2022_engagement_loss_is_selected_by_config() -> None:
+    """``cifar10_lt/tlc_2022``: each expert's loss adds the mean over all samples (pre-204f50b code)."""
+    method = build(experiment="cifar10_lt/tlc_2022")
+    assert method.method_cfg.engagement_loss == "masked_plus_mean"
+    out = method(torch.randn(5, 3, 8, 8))
+    y = torch.tensor([0, 1, 2, 3, 0])
+    args = (out["expert_logits"], y, out["batch_output"], out["log_engagement"])
+    kwargs = dict(
+        margins=method.margins, scale=30.0, class_weights=None, kl_coef=1 / 13200, temperature=None, tau=0.54
+    )
+    with_mean = tlc_expert_losses(*args, **kwargs, plus_mean=True).sum()
+    assert method.compute_loss(out, y).item() == pytest.approx(with_mean.item(), rel=1e-6)
+    assert with_mean.item() != pytest.approx(tlc_expert_losses(*args, **kwargs).sum().item(), rel=1e-3)
+
+
+def test_unknown_engagement_loss_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="method.engagement_loss='both'; valid: masked, masked_plus_mean"):
+        build("method.engagement_loss=both")

@@ -51,6 +51,9 @@ trainer does (``t = current_epoch + 1``), m_y the LDAM margins (max 0.5), ω the
     ℓ = ℓ_nll + (t / T_ann) ℓ_KL - div,     T_ann = (reweight_epoch + annealing) / reweight_factor
     L_k = Σ_n mask_kn ℓ_n / Σ_n mask_kn,   mask_kn = [w_k[n] / max_batch w_k > τ],   L = Σ_k L_k
 
+(``engagement_loss: masked_plus_mean`` adds ``mean_n ℓ_n`` to each L_k: the official loss before commit
+204f50b, "fix a bug in dynamic engagement", 2024; the paper's numbers come from that code.)
+
 with T_c = (C π_c f + 1 - f) / max_c(...) (f = reweight_factor) once ``t > reweight_epoch`` and T = 1
 before; T̄ = mean_c T_c.
 
@@ -93,6 +96,7 @@ from lt_bench.metrics.shots import shot_groups
 from lt_bench.registry import register_method
 
 AGGREGATIONS = ("per_sample", "batch")
+ENGAGEMENT_LOSSES = ("masked", "masked_plus_mean")
 DIVERSITY_TARGETS = ("batch", "prediction")
 #: weight of the diversity term (hard-coded ``0.01`` in the official ``TLCLoss``)
 DIVERSITY_WEIGHT = 0.01
@@ -249,11 +253,14 @@ def tlc_expert_losses(
     kl_coef: float | Tensor,
     temperature: Tensor | None,
     tau: float,
+    plus_mean: bool = False,
 ) -> Tensor:
     """``[L_0, ..., L_{K-1}]`` (module docstring) for expert logits ``[K, B, C]``, the diversity
     target ŷ ``[B, C]`` (detached here), the chain as ``log w`` ``[K(+1), B]`` (``engagement_mask``),
     LDAM ``margins`` ``[C]``, DRW ``class_weights`` (None: 1) and the diversity ``temperature``
-    ``[C]`` (None: 1)."""
+    ``[C]`` (None: 1). ``plus_mean``: ``L_k = Σ_n mask_kn ℓ_n / Σ_n mask_kn + mean_n ℓ_n``, the official
+    loss before commit 204f50b (2024), with which the paper's numbers were produced: every expert
+    learns every sample, the engaged ones count twice."""
     num_classes = expert_logits.shape[-1]
     onehot = one_hot(targets, num_classes, expert_logits.dtype)
     t = torch.ones(num_classes, device=expert_logits.device) if temperature is None else temperature
@@ -270,7 +277,8 @@ def tlc_expert_losses(
         div = F.kl_div(F.log_softmax(logits / t, dim=1), target_dist, reduction="none").sum(dim=1)
         per_sample = nll + kl_coef * kl - DIVERSITY_WEIGHT * t_mean**2 * div
         mask = masks[k].to(per_sample.dtype)
-        losses.append((mask * per_sample).sum() / mask.sum())
+        engaged = (mask * per_sample).sum() / mask.sum()
+        losses.append(engaged + per_sample.mean() if plus_mean else engaged)
     return torch.stack(losses)
 
 
@@ -334,6 +342,10 @@ class TLC(MultiExpertMethod):
         m = self.method_cfg
         if m.aggregation not in AGGREGATIONS:
             raise ConfigError(f"method.aggregation='{m.aggregation}'; valid: {', '.join(AGGREGATIONS)}")
+        if m.engagement_loss not in ENGAGEMENT_LOSSES:
+            raise ConfigError(
+                f"method.engagement_loss='{m.engagement_loss}'; valid: {', '.join(ENGAGEMENT_LOSSES)}"
+            )
         if m.diversity_target not in DIVERSITY_TARGETS:
             raise ConfigError(
                 f"method.diversity_target='{m.diversity_target}'; valid: {', '.join(DIVERSITY_TARGETS)}"
@@ -419,6 +431,7 @@ class TLC(MultiExpertMethod):
             kl_coef=self.kl_coef,
             temperature=self.temperature if drw else None,
             tau=m.tau,
+            plus_mean=m.engagement_loss == "masked_plus_mean",
         )
         return losses.sum()
 
