@@ -98,19 +98,45 @@ def test_curve_summary(top1_by_epoch: dict[int, float]) -> dict[str, object]:
     }
 
 
+class TrainingSegments(L.Callback):
+    """Lightning engine: who trained which epochs (``provenance.training_segment``), written into every
+    checkpoint and read back when ``fit`` resumes one (not when evaluation loads ``best.ckpt``)."""
+
+    def __init__(self) -> None:
+        self.segments: list[dict[str, Any]] = []
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit":
+            self.segments = provenance.checkpoint_segments(checkpoint, int(checkpoint.get("epoch", -1)) + 1)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.segments.append(provenance.training_segment(pl_module.device.type, trainer.current_epoch))
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.segments[-1]["epochs"][1] = trainer.current_epoch + 1
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["training_segments"] = [{**s, "epochs": list(s["epochs"])} for s in self.segments]
+
+
 def _callbacks(cfg: DictConfig, run_dir: Path) -> list[L.Callback]:
-    callbacks: list[L.Callback] = []
+    callbacks: list[L.Callback] = [TrainingSegments()]
     if cfg.logger.progress_bar and sys.stdout.isatty():
         callbacks.append(RichProgressBar())
-    monitor = cfg.evaluation.checkpoint == "best_val"
+    checkpoints = run_dir / "checkpoints"
+    if cfg.evaluation.checkpoint == "best_val":  # first: ckpt_path="best" reads the first ModelCheckpoint
+        callbacks.append(
+            ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/balanced_acc", mode="max")
+        )
+    # last.ckpt at the end of every training epoch, what an interrupted run resumes from (save_last
+    # alone follows the validation schedule: with validation only after fit it wrote at the end)
     callbacks.append(
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            save_last=True,
-            save_top_k=1 if monitor else 0,
-            monitor="val/balanced_acc" if monitor else None,
-            mode="max",
-            filename="best",
+            dirpath=checkpoints,
+            filename="last",
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
         )
     )
     return callbacks
@@ -273,6 +299,10 @@ def run(cfg: DictConfig) -> Path:
             trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
             epochs_done = trainer.current_epoch
         train_seconds = time.perf_counter() - t0
+        if engine == "fast":
+            segments = fast.training_segments
+        else:
+            segments = next(c for c in trainer.callbacks if isinstance(c, TrainingSegments)).segments
 
         ckpt = "best" if cfg.evaluation.checkpoint == "best_val" else None
         t1 = time.perf_counter()
@@ -320,9 +350,9 @@ def run(cfg: DictConfig) -> Path:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
             # one entry per process that trained (several when the run was resumed): commit, device, epochs
-            "training_segments": fast.training_segments if engine == "fast" else method.training_segments,
+            "training_segments": segments,
         },
-        "diagnostics": test_curve_summary(fast.curve_top1) if cfg.evaluation.test_curve else None,
+        "diagnostics": test_curve_summary(fast.test_curve()) if cfg.evaluation.test_curve else None,
         "timing": {
             "engine": engine,
             "step_mode": step_mode,

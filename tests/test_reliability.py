@@ -58,7 +58,7 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics(engine: str, tmp_path:
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # into the second epoch
+    time.sleep(0.1)  # into the second epoch
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -72,16 +72,17 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics(engine: str, tmp_path:
         main(["run", *small_run(reference, "trainer.limit_train_batches=25", f"train.engine={engine}")]) == 0
     )
     assert_same_metrics(record_metrics(reference), record_metrics(tmp_path))
-    # the killed process, then the resumed one (only the first when the kill came after its last epoch)
-    epochs = segment_epochs(tmp_path)
-    assert epochs[0][0] == 0 and epochs[-1][1] == 3 and len(epochs) <= 2
-    assert all(end == start for (_, end), (start, _) in zip(epochs, epochs[1:], strict=False))
+    # the killed process (last.ckpt after each epoch, Lightning's too), then the resumed one
+    (first, end), (resumed_at, last) = segment_epochs(tmp_path)
+    assert first == 0 and end == resumed_at and 1 <= resumed_at < 3 and last == 3
 
 
 def test_sigterm_stops_a_fast_run_at_the_epoch_boundary_and_it_resumes(tmp_path: Path) -> None:
     """SIGTERM mid-epoch: the epoch finishes and is checkpointed, exit code 130, then the same command
     resumes to the uninterrupted run's metrics."""
-    args = small_run(tmp_path, "trainer.limit_train_batches=25", "trainer.max_epochs=6", "train.engine=fast")
+    extra = ("trainer.limit_train_batches=25", "trainer.max_epochs=6", "train.engine=fast")
+    extra += ("evaluation.test_curve=true",)
+    args = small_run(tmp_path, *extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "lt_bench", "run", *args],
         stdout=subprocess.PIPE,
@@ -105,11 +106,11 @@ def test_sigterm_stops_a_fast_run_at_the_epoch_boundary_and_it_resumes(tmp_path:
     resumed = cli(args)
     assert resumed.returncode == 0, resumed.stderr
     reference = tmp_path.parent / "reference_sigterm"
-    ref_args = small_run(
-        reference, "trainer.limit_train_batches=25", "trainer.max_epochs=6", "train.engine=fast"
-    )
-    assert main(["run", *ref_args]) == 0
+    assert main(["run", *small_run(reference, *extra)]) == 0
     assert_same_metrics(record_metrics(reference), record_metrics(tmp_path))
+    # the test curve keeps the epochs trained before the stop (read back from the log)
+    curves = [json.loads((d / "r" / "record.json").read_text())["diagnostics"] for d in (tmp_path, reference)]
+    assert list(curves[0]["test_top1_by_epoch"]) == [str(e) for e in range(6)] and curves[0] == curves[1]
     assert segment_epochs(tmp_path) == [[0, next_epoch], [next_epoch, 6]]
 
 
@@ -204,3 +205,12 @@ def test_test_curve_needs_the_fast_engine(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "evaluation.test_curve=true" in err and "train.engine=lightning" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_best_val_keeps_the_segments_of_the_whole_training(tmp_path: Path) -> None:
+    """Evaluating ``best.ckpt`` loads a checkpoint but trains nothing: the record still names the
+    process that trained all epochs, and the checkpoint of the best epoch is beside last.ckpt."""
+    args = small_run(tmp_path, "evaluation.checkpoint=best_val", "evaluation.val_every_n_epochs=1")
+    assert main(["run", *args]) == 0
+    assert segment_epochs(tmp_path) == [[0, 3]]
+    assert {p.name for p in (tmp_path / "r" / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}

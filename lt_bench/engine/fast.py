@@ -378,20 +378,34 @@ class FastEngine:
     @torch.no_grad()
     def _test_top1(self) -> float:
         """Diagnostic: top-1 of the method's prediction (``predict_logits``, eval mode, as the test
-        evaluation scores it) on the whole test split now; draws no random number. The next epoch's
-        ``begin_epoch`` puts the method back in training mode."""
+        evaluation scores it, on the batches ``trainer.limit_test_batches`` lets it score) on the test
+        split now; draws no random number and restores the training mode."""
         images, targets = self.curve
         size = int(self.cfg.data.eval_batch_size)
+        batches = limited_batches(self.cfg.trainer.get("limit_test_batches"), -(-len(targets) // size))
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        was_training = self.method.training
         self.method.eval()
-        for low in range(0, len(targets), size):
+        for low in range(0, min(len(targets), batches * size), size):
             x = to_normalized_nchw(images[low : low + size], self.cfg.dataset.mean, self.cfg.dataset.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 logits = self.method.predict_logits(self.method(x))
             correct += (logits.argmax(1) == targets[low : low + size]).sum()
-        return int(correct) / len(targets)
+        self.method.train(was_training)
+        return int(correct) / min(len(targets), batches * size)
+
+    def test_curve(self) -> dict[int, float]:
+        """``evaluation.test_curve``: test top-1 per epoch, those of epochs trained before a resume
+        read back from ``train_log.csv``."""
+        earlier: dict[int, float] = {}
+        if self.log_path.exists():
+            with self.log_path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    if row.get("diag/test_top1"):
+                        earlier[int(row["epoch"])] = float(row["diag/test_top1"])
+        return {**earlier, **self.curve_top1}
 
     @property
     def log_path(self) -> Path:

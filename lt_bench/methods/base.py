@@ -23,7 +23,6 @@ from lt_bench.errors import ConfigError, NonFiniteLossError
 from lt_bench.metrics import LTMetrics
 from lt_bench.models import make_classifier
 from lt_bench.registry import BACKBONES
-from lt_bench.reports.provenance import checkpoint_segments, training_segment
 from lt_bench.schedules import lr_factor
 
 Outputs = dict[str, Tensor]
@@ -91,10 +90,6 @@ class BaseMethod(L.LightningModule):
         #: extra table rows of this run: name suffix -> results key (e.g. {"tta": "test_sade_tta"})
         self.result_variants: dict[str, str] = {}
         self.train_images_seen = 0
-        #: Lightning engine: who trained which epochs (the fast engine keeps its own); a resumed run's
-        #: earlier segments come from its checkpoint
-        self.training_segments: list[dict[str, Any]] = []
-        self._checkpoint_segments: list[dict[str, Any]] = []
         #: the training epoch when the fast engine (lt_bench/engine) drives training, else None
         self.engine_epoch: int | None = None
         #: training-set indices of the current training batch (per-sample state, e.g. SBCL)
@@ -173,22 +168,6 @@ class BaseMethod(L.LightningModule):
         a loss that changes every epoch returns the epoch.
         """
         return None
-
-    def on_train_start(self) -> None:
-        first = self.current_epoch
-        self.training_segments = [*self._checkpoint_segments, training_segment(self.device.type, first)]
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.training_segments[-1]["epochs"][1] = self.current_epoch + 1
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints carry the training segments: this process's ends after the last epoch it
-        trained a batch of (Lightning's own epoch counter may already point past it)."""
-        checkpoint["training_segments"] = [{**s, "epochs": list(s["epochs"])} for s in self.training_segments]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._checkpoint_segments = checkpoint_segments(checkpoint, int(checkpoint.get("epoch", -1)) + 1)
-        self.training_segments = list(self._checkpoint_segments)  # when no epoch is left to train
 
     def on_train_epoch_start(self) -> None:
         """Reseed torch, NumPy and ``random`` from (seed, epoch, rank): augmentation and dropout of
