@@ -263,3 +263,21 @@ def test_unreadable_value_is_one_line() -> None:
 def test_bool_for_a_number_says_number() -> None:
     message = config_error(CE, "data.batch_size=true")
     assert "true or false" not in message and "number" in message
+
+
+def test_keys_added_later_keep_earlier_run_ids_at_their_neutral_value() -> None:
+    """A run id's hash ignores a ``HASH_NEUTRAL`` key at its neutral value (the config of a version
+    without the key hashes the same), and changes with any other value."""
+    from lt_bench.runner import HASH_NEUTRAL, config_hash
+
+    cfg = compose(["experiment=cifar10_lt/tlc", "seed=1"])
+    older = OmegaConf.to_container(cfg)
+    del older["evaluation"]["test_curve"], older["method"]["engagement_loss"]
+    assert set(HASH_NEUTRAL) == {"evaluation.test_curve", "method.engagement_loss"}
+    assert config_hash(cfg) == config_hash(OmegaConf.create(older))
+    for override in ("evaluation.test_curve=true", "method.engagement_loss=masked_plus_mean"):
+        assert config_hash(compose(["experiment=cifar10_lt/tlc", "seed=1", override])) != config_hash(cfg)
+    bf = compose(["experiment=cifar10_lt/batchformer"])  # a host key left null is neutral too
+    older = OmegaConf.to_container(bf)
+    del older["evaluation"]["test_curve"], older["method"]["engagement_loss"]
+    assert config_hash(bf) == config_hash(OmegaConf.create(older))
