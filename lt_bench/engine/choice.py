@@ -45,18 +45,17 @@ def fast_engine_device(cfg: DictConfig) -> torch.device:
 def choose_engine(cfg: DictConfig, train: Split) -> str:
     """``fast`` or ``lightning``: ``auto`` takes fast on a GPU when nothing stands in its way."""
     wanted = cfg.train.engine
-    if cfg.evaluation.get("test_curve"):
-        blocking = ["train.engine=lightning"] if wanted == "lightning" else fast_engine_obstacles(cfg, train)
+    obstacles = fast_engine_obstacles(cfg, train)
+    if cfg.evaluation.get("test_curve"):  # a fast-engine diagnostic: auto picks fast on a CPU too
+        blocking = ["train.engine=lightning"] if wanted == "lightning" else obstacles
         if blocking:
             raise ConfigError(
                 "evaluation.test_curve=true is a fast-engine diagnostic and this run cannot use the fast "
                 f"engine ({'; '.join(blocking)}); drop evaluation.test_curve or remove what blocks it"
             )
+        return "fast"
     if wanted == "lightning":
         return "lightning"
-    obstacles = fast_engine_obstacles(cfg, train)
-    if cfg.evaluation.get("test_curve") and wanted == "auto" and not obstacles:
-        wanted = "fast"  # the curve is a fast-engine diagnostic: on a CPU too
     if wanted == "fast":
         if obstacles:
             raise ConfigError(

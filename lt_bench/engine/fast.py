@@ -284,9 +284,9 @@ class FastEngine:
 
     # --- epochs --------------------------------------------------------------------------------
     def fit(self, resume_from: Path | None = None) -> FitSummary:
-        earlier = self.load_checkpoint(resume_from) if resume_from is not None else []
-        left = self.start_epoch < self.max_epochs  # a process that only evaluates trains no segment
-        self.training_segments = [*earlier, *[training_segment(self.device.type, self.start_epoch)] * left]
+        self.training_segments = self.load_checkpoint(resume_from) if resume_from is not None else []
+        if self.start_epoch < self.max_epochs:  # a process that only evaluates trains no segment
+            self.training_segments.append(training_segment(self.device.type, self.start_epoch))
         num_samples = len(self.targets)
         seen_before = self.method.train_images_seen
         if self.device.type == "cuda":
