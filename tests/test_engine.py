@@ -272,13 +272,25 @@ def test_a_replayed_step_writes_what_the_eager_step_writes(case: str, device: st
         torch.testing.assert_close(replayed[k], eager[k], rtol=1e-4, atol=1e-5, equal_nan=True, msg=k)
 
 
+#: (epochs, first epoch compared) where three epochs of the synthetic set do not show training: SBCL's
+#: stage 2 trains a classifier on the frozen encoder with cross-entropy, a loss of another scale than
+#: stage 1's contrastive one, so its four stage-2 epochs are compared; ConCutMix with batch norm per
+#: quarter of a 64-image batch rises in its second epoch (eagerly as with graphs, measured on an H200:
+#: 5.83, 11.9, 6.01), then falls (3.30 after 8 epochs).
+LOSS_CHECK = {
+    "sbcl": (["trainer.max_epochs=6", "method.stage1_epochs=2", "method.stage2_epochs=4"], 2),
+    "concutmix_dp4": (["trainer.max_epochs=6"], 0),
+}
+
+
 @GPU
 @pytest.mark.parametrize("case", list(STEP_CASES))
 def test_graph_training_lowers_the_loss(case: str, tmp_path: Path) -> None:
-    """Three epochs with replayed graphs (a new capture whenever the step variant or batch size
-    changes) run in the expected step mode and lower the loss."""
+    """Three epochs (``LOSS_CHECK``: more) with replayed graphs (a new capture whenever the step
+    variant or batch size changes) run in the expected step mode and lower the loss."""
     split = _synthetic(n=300, size=32)
-    cfg = compose([*STEP_CASES[case], "trainer.max_epochs=3", "data.batch_size=64"])
+    epochs, first = LOSS_CHECK.get(case, (["trainer.max_epochs=3"], 0))
+    cfg = compose([*STEP_CASES[case], *epochs, "data.batch_size=64"])
     if "drw_epoch" in cfg.method:
         cfg.method.drw_epoch = 1
     torch.manual_seed(0)
@@ -287,7 +299,7 @@ def test_graph_training_lowers_the_loss(case: str, tmp_path: Path) -> None:
     expected = "eager (graph views)" if case.endswith("svd") else "graph"
     assert summary.step_mode == expected, summary.notes
     losses = _epoch_losses(tmp_path, "fast")
-    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[first], losses
 
 
 def test_fast_engine_follows_the_methods_batch_size_per_epoch(tmp_path: Path) -> None:
