@@ -128,6 +128,7 @@ def one_line(exc: LTBenchError) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from lt_bench.reports.compare import add_compare_parser
+    from lt_bench.reports.curve import add_curve_parser
     from lt_bench.reports.html import add_report_parser
 
     parser = argparse.ArgumentParser(
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_table)
 
     add_compare_parser(sub)
+    add_curve_parser(sub)
     add_report_parser(sub)
 
     p = sub.add_parser("list", help="registered methods, datasets, backbones, or experiment files")
