@@ -33,6 +33,7 @@ from lt_bench.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from lt_bench.methods.base import BaseMethod
 from lt_bench.registry import DATASETS, METHODS
 from lt_bench.reports import provenance
+from lt_bench.reports.curve import best_epoch
 from lt_bench.reports.record import RECORD_FILE, SCHEMA_VERSION, write_arrays, write_per_class, write_record
 
 #: dataset config keys that are not arguments of the dataset factory
@@ -103,7 +104,7 @@ def test_curve_summary(top1_by_epoch: dict[int, float]) -> dict[str, object]:
     A diagnostic for comparing with papers whose code reports the best test epoch; the record's
     metrics stay those of the last epoch."""
     epochs = sorted(top1_by_epoch)
-    best = max(epochs, key=lambda e: (top1_by_epoch[e], e)) if epochs else None
+    best = best_epoch(top1_by_epoch) if epochs else None
     return {
         "note": "diagnostic only: selecting the best test epoch would tune on the test set",
         "test_top1_by_epoch": {str(e): top1_by_epoch[e] for e in epochs},

@@ -272,11 +272,12 @@ def test_a_replayed_step_writes_what_the_eager_step_writes(case: str, device: st
         torch.testing.assert_close(replayed[k], eager[k], rtol=1e-4, atol=1e-5, equal_nan=True, msg=k)
 
 
-#: (epochs, first epoch compared) where three epochs of the synthetic set do not show training: SBCL's
-#: stage 2 trains a classifier on the frozen encoder with cross-entropy, a loss of another scale than
-#: stage 1's contrastive one, so its four stage-2 epochs are compared; ConCutMix with batch norm per
-#: quarter of a 64-image batch rises in its second epoch (eagerly as with graphs, measured on an H200:
-#: 5.83, 11.9, 6.01), then falls (3.30 after 8 epochs).
+#: (epochs, first epoch compared with the last) where three epochs of the synthetic set do not show
+#: training: SBCL's stage 2 trains a classifier on the frozen encoder (LDAM with class-balanced weights),
+#: a loss of another scale than stage 1's contrastive one, so it gets 2 + 4 epochs and its first and
+#: last stage-2 epochs are compared; ConCutMix with batch norm per quarter of a 64-image batch rises in
+#: its second epoch (eagerly as with graphs, measured on an H200: 5.83, 11.9, 6.01), then falls (3.30
+#: after 8 epochs).
 LOSS_CHECK = {
     "sbcl": (["trainer.max_epochs=6", "method.stage1_epochs=2", "method.stage2_epochs=4"], 2),
     "concutmix_dp4": (["trainer.max_epochs=6"], 0),
@@ -299,6 +300,7 @@ def test_graph_training_lowers_the_loss(case: str, tmp_path: Path) -> None:
     expected = "eager (graph views)" if case.endswith("svd") else "graph"
     assert summary.step_mode == expected, summary.notes
     losses = _epoch_losses(tmp_path, "fast")
+    assert len(losses) == cfg.trainer.max_epochs
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[first], losses
 
 

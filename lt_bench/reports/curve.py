@@ -15,31 +15,45 @@ import pandas as pd
 
 from lt_bench.errors import LTBenchError
 from lt_bench.reports.record import find_records, read_record
-from lt_bench.reports.table import KEYS, imbalance_cell, record_key
+from lt_bench.reports.table import KEYS, imbalance_cell, mean_std_cell, record_key
 
 VALUES = ("last", "best", "best_minus_last")
 
 
+def best_epoch(top1_by_epoch: dict[int, float]) -> int:
+    """The epoch of the highest test top-1; of equal peaks the later one."""
+    return max(top1_by_epoch, key=lambda e: (top1_by_epoch[e], e))
+
+
 def curve_frame(paths: list[Path]) -> pd.DataFrame:
-    """One row per record with a test curve: table keys, seed, ``last`` / ``best`` test top-1 (fractions),
-    ``best_minus_last`` and ``best_epoch`` (0-indexed). A record without a curve is left out."""
+    """One row per run whose record has a test curve: table keys, seed, ``last`` / ``best`` test top-1
+    (fractions), ``best_minus_last``, ``best_epoch`` (counted from 0), ``curve_epochs`` (epochs with a
+    test score) and ``epochs`` (epochs trained). A re-run of the same seed keeps the newest record, as
+    ``lt-bench table`` does; records without a curve are left out."""
+    records = find_records(paths)
+    if not records:
+        raise LTBenchError(f"no record.json under {', '.join(map(str, paths))}")
     rows = []
-    for path in find_records(paths):
+    for path in records:
         record = read_record(path)
         curve = (record.get("diagnostics") or {}).get("test_top1_by_epoch")
         if not curve:
             continue
         by_epoch = {int(epoch): float(top1) for epoch, top1 in curve.items()}
+        best = best_epoch(by_epoch)
         last = by_epoch[max(by_epoch)]
-        best_epoch = max(by_epoch, key=lambda e: (by_epoch[e], e))
         rows.append(
             {
                 **dict(zip(KEYS, record_key(record), strict=True)),
                 "seed": record["seed"],
+                "finished": record["provenance"]["finished"],
                 "last": last,
-                "best": by_epoch[best_epoch],
-                "best_minus_last": by_epoch[best_epoch] - last,
-                "best_epoch": best_epoch,
+                "best": by_epoch[best],
+                "best_minus_last": by_epoch[best] - last,
+                "best_epoch": best,
+                "curve_epochs": len(by_epoch),
+                "epochs": (record.get("timing") or {}).get("epochs", len(by_epoch)),
+                "path": str(path),
             }
         )
     if not rows:
@@ -47,31 +61,31 @@ def curve_frame(paths: list[Path]) -> pd.DataFrame:
             f"no record under {', '.join(map(str, paths))} has a test curve; "
             "train with evaluation.test_curve=true"
         )
-    return pd.DataFrame(rows).sort_values([*KEYS, "seed"], ignore_index=True)
+    frame = pd.DataFrame(rows).sort_values("finished").drop_duplicates([*KEYS, "seed"], keep="last")
+    return frame.drop(columns="finished").sort_values([*KEYS, "seed"], ignore_index=True)
 
 
 def curve_table(paths: list[Path]) -> str:
-    """Markdown: ``n``, last, best and best − last (percent, mean ± std) and the best epochs' range."""
+    """Markdown: ``n``, last, best and best − last (percent, mean ± std) and the best epochs' range,
+    over the runs whose curve covers every epoch they trained; the others are listed below the table
+    (a run resumed with ``evaluation.test_curve`` turned on has no score for its earlier epochs)."""
     frame = curve_frame(paths)
+    complete = frame[frame.curve_epochs == frame.epochs]
     lines = [
-        "| dataset | IF | method | n | last top1 | best-epoch top1 | best − last | best epochs |",
+        "| dataset | IF | method | n | last top1 | best-epoch top1 | best − last | best epochs (from 0) |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for (dataset, imbalance, profile, method), group in frame.groupby(list(KEYS), sort=True, dropna=False):
-        cells = [_mean_std(group[col]) for col in VALUES]
+    for (dataset, imbalance, profile, method), group in complete.groupby(list(KEYS), sort=True, dropna=False):
+        cells = [mean_std_cell(group[col].mean(), group[col].std(ddof=1), "±") for col in VALUES]
         epochs = f"{group['best_epoch'].min()}–{group['best_epoch'].max()}"
         lines.append(
             f"| {dataset} | {imbalance_cell(imbalance, profile)} | {method} | {len(group)} | "
             + " | ".join(cells)
             + f" | {epochs} |"
         )
+    for row in frame[frame.curve_epochs != frame.epochs].itertuples():
+        lines.append(f"\nleft out, a test score for {row.curve_epochs} of {row.epochs} epochs: {row.path}")
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(values: pd.Series) -> str:
-    if len(values) == 1:
-        return f"{100 * values.iloc[0]:.2f}"
-    return f"{100 * values.mean():.2f} ± {100 * values.std(ddof=1):.2f}"
 
 
 def add_curve_parser(sub: argparse._SubParsersAction) -> None:
