@@ -83,8 +83,11 @@ def curve_table(paths: list[Path]) -> str:
             + " | ".join(cells)
             + f" | {epochs} |"
         )
-    for row in frame[frame.curve_epochs != frame.epochs].itertuples():
-        lines.append(f"\nleft out, a test score for {row.curve_epochs} of {row.epochs} epochs: {row.path}")
+    partial = frame[frame.curve_epochs != frame.epochs]
+    if len(partial):
+        lines.append("")
+    for row in partial.itertuples():
+        lines.append(f"left out, a test score for {row.curve_epochs} of {row.epochs} epochs: {row.path}")
     return "\n".join(lines) + "\n"
 
 
