@@ -100,7 +100,8 @@ def evaluation_sets(dataset: LTDataset, cfg: DictConfig) -> dict[str, Split]:
 
 
 def test_curve_summary(top1_by_epoch: dict[int, float]) -> dict[str, object]:
-    """``evaluation.test_curve``: test top-1 after each epoch this process trained, and where it peaked.
+    """``evaluation.test_curve``: test top-1 after every epoch (those before a resume read back from
+    train_log.csv), and where it peaked.
     A diagnostic for comparing with papers whose code reports the best test epoch; the record's
     metrics stay those of the last epoch."""
     epochs = sorted(top1_by_epoch)

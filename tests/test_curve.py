@@ -74,6 +74,8 @@ def test_a_rerun_seed_keeps_the_newest_record_as_the_table_does(runs: Path) -> N
     sade = curve_frame([runs, runs]).query("method == 'sade'")  # the same folder twice: no duplicates
     assert sorted(sade.seed) == [0, 1, 2]
     assert sade.set_index("seed").loc[1, "best"] == 0.8
+    write(runs / "sade-2-again", "sade", 2, None, finished="2026-02-01T10:00:00+00:00")
+    assert sorted(curve_frame([runs]).query("method == 'sade'").seed) == [0, 1]  # newest seed-2 run: no curve
 
 
 def test_a_curve_missing_epochs_is_left_out_and_named(runs: Path) -> None:
@@ -81,7 +83,7 @@ def test_a_curve_missing_epochs_is_left_out_and_named(runs: Path) -> None:
     write(runs / "sade-3", "sade", 3, [0.9, 0.1], first_epoch=5)
     text = curve_table([runs])
     assert "| sade | 3 |" in text  # seeds 0-2 only
-    assert f"left out, a test score for 2 of 7 epochs: {runs / 'sade-3' / 'record.json'}" in text
+    assert f"- left out, a test score for 2 of 7 epochs: {runs / 'sade-3' / 'record.json'}" in text
 
 
 def test_no_curve_is_an_error_that_names_the_option(tmp_path: Path) -> None:

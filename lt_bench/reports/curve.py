@@ -29,39 +29,41 @@ def curve_frame(paths: list[Path]) -> pd.DataFrame:
     """One row per run whose record has a test curve: table keys, seed, ``last`` / ``best`` test top-1
     (fractions), ``best_minus_last``, ``best_epoch`` (counted from 0), ``curve_epochs`` (epochs with a
     test score) and ``epochs`` (epochs trained). A re-run of the same seed keeps the newest record, as
-    ``lt-bench table`` does; records without a curve are left out."""
+    ``lt-bench table`` does, then the runs whose record has no curve are left out."""
     records = find_records(paths)
     if not records:
         raise LTBenchError(f"no record.json under {', '.join(map(str, paths))}")
     rows = []
     for path in records:
         record = read_record(path)
+        row = {
+            **dict(zip(KEYS, record_key(record), strict=True)),
+            "seed": record["seed"],
+            "finished": record["provenance"]["finished"],
+            "path": str(path),
+        }
         curve = (record.get("diagnostics") or {}).get("test_top1_by_epoch")
-        if not curve:
-            continue
-        by_epoch = {int(epoch): float(top1) for epoch, top1 in curve.items()}
-        best = best_epoch(by_epoch)
-        last = by_epoch[max(by_epoch)]
-        rows.append(
-            {
-                **dict(zip(KEYS, record_key(record), strict=True)),
-                "seed": record["seed"],
-                "finished": record["provenance"]["finished"],
+        if curve:
+            by_epoch = {int(epoch): float(top1) for epoch, top1 in curve.items()}
+            best, last = best_epoch(by_epoch), by_epoch[max(by_epoch)]
+            row |= {
                 "last": last,
                 "best": by_epoch[best],
                 "best_minus_last": by_epoch[best] - last,
                 "best_epoch": best,
                 "curve_epochs": len(by_epoch),
                 "epochs": (record.get("timing") or {}).get("epochs", len(by_epoch)),
-                "path": str(path),
             }
-        )
-    if not rows:
+        rows.append(row)
+    frame = pd.DataFrame(rows).sort_values("finished", kind="stable")
+    frame = frame.drop_duplicates([*KEYS, "seed"], keep="last")
+    frame = frame[frame["best"].notna()] if "best" in frame else frame.iloc[:0]
+    if frame.empty:
         raise LTBenchError(
             f"no record under {', '.join(map(str, paths))} has a test curve; "
             "train with evaluation.test_curve=true"
         )
-    frame = pd.DataFrame(rows).sort_values("finished").drop_duplicates([*KEYS, "seed"], keep="last")
+    frame = frame.astype({"best_epoch": int, "curve_epochs": int, "epochs": int})
     return frame.drop(columns="finished").sort_values([*KEYS, "seed"], ignore_index=True)
 
 
@@ -87,7 +89,7 @@ def curve_table(paths: list[Path]) -> str:
     if len(partial):
         lines.append("")
     for row in partial.itertuples():
-        lines.append(f"left out, a test score for {row.curve_epochs} of {row.epochs} epochs: {row.path}")
+        lines.append(f"- left out, a test score for {row.curve_epochs} of {row.epochs} epochs: {row.path}")
     return "\n".join(lines) + "\n"
 
 

@@ -70,7 +70,7 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
             )
     frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "finished", *COLUMNS])
     frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
-    frame = frame.sort_values("finished").drop_duplicates([*KEYS, "seed"], keep="last")
+    frame = frame.sort_values("finished", kind="stable").drop_duplicates([*KEYS, "seed"], keep="last")
     return frame.drop(columns="finished").sort_values([*KEYS, "seed"], ignore_index=True)
 
 
