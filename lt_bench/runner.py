@@ -334,6 +334,7 @@ def run(cfg: DictConfig) -> Path:
         test_time_seconds = time.perf_counter() - t2
     check_finite(method.results)
 
+    process = provenance.process_seconds()
     record = {
         "schema": SCHEMA_VERSION,
         "run_id": run_id,
@@ -380,6 +381,8 @@ def run(cfg: DictConfig) -> Path:
             "train_images_per_second": round(method.train_images_seen / train_seconds, 1),
             "eval_images_per_second": round(eval_images / eval_seconds, 1),
             "test_time_seconds": round(test_time_seconds, 3),
+            # the process's whole wall time until here (start-up, imports, data, training, evaluation)
+            "process_seconds": None if process is None else round(process, 2),
         },
     }
     if not trainer.is_global_zero:

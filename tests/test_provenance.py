@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from lt_bench.reports.provenance import UNRECORDED_SEGMENT, checkpoint_segments, git_state, training_segment
+from lt_bench.reports.provenance import (
+    UNRECORDED_SEGMENT,
+    checkpoint_segments,
+    git_state,
+    process_seconds,
+    training_segment,
+)
 
 
 def test_commit_variable_wins_over_a_stale_git(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,3 +48,12 @@ def test_training_segment_names_this_process(monkeypatch: pytest.MonkeyPatch) ->
     segment = training_segment("cpu", 7)
     assert segment["git_commit"] == "f" * 40 and segment["git_dirty"] is False
     assert segment["epochs"] == [7, 7] and segment["device"].startswith("cpu (")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
+def test_process_seconds_counts_from_the_process_start() -> None:
+    """A child that sleeps 1.5 s before asking has run at least that long (clock ticks: 0.01 s)."""
+    code = "import time; time.sleep(1.5); import lt_bench.reports.provenance as p; print(p.process_seconds())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 1.49 <= float(child.stdout) < 30
+    assert process_seconds() > 0

@@ -174,6 +174,7 @@ def test_run_writes_a_complete_record(method: str, completed, cifar10_jpg: Path)
     assert timing["epochs"] == 1
     for key in ("train_seconds", "eval_seconds", "train_images_per_second"):
         assert timing[key] > 0, key
+    assert timing["process_seconds"] >= timing["train_seconds"] + timing["eval_seconds"]
     # 3 training batches of 32 images in train_seconds
     assert timing["train_images_per_second"] == pytest.approx(96 / timing["train_seconds"], rel=0.01)
 

@@ -1,4 +1,4 @@
-"""Where and with what a run ran: git commit, package versions, device."""
+"""Where and with what a run ran: git commit, package versions, device; how long its process has run."""
 
 from __future__ import annotations
 
@@ -24,6 +24,18 @@ PACKAGES = (
     "numpy",
     "pandas",
 )
+
+
+def process_seconds() -> float | None:
+    """Wall-clock seconds since this process started (Linux ``/proc``; ``None`` elsewhere): for a run
+    started as ``lt-bench run``, its whole time with interpreter start-up, imports and data loading."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return None
+    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the parenthesised name
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def git_state(path: Path | None = None) -> dict[str, object]:
