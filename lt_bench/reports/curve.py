@@ -15,7 +15,7 @@ import pandas as pd
 
 from lt_bench.errors import LTBenchError
 from lt_bench.reports.record import find_records, read_record
-from lt_bench.reports.table import KEYS, imbalance_cell, mean_std_cell, record_key
+from lt_bench.reports.table import KEYS, imbalance_cell, mean_std_cell, newest_per_seed, record_key
 
 VALUES = ("last", "best", "best_minus_last")
 
@@ -55,16 +55,14 @@ def curve_frame(paths: list[Path]) -> pd.DataFrame:
                 "epochs": (record.get("timing") or {}).get("epochs", len(by_epoch)),
             }
         rows.append(row)
-    frame = pd.DataFrame(rows).sort_values("finished", kind="stable")
-    frame = frame.drop_duplicates([*KEYS, "seed"], keep="last")
+    frame = newest_per_seed(pd.DataFrame(rows))
     frame = frame[frame["best"].notna()] if "best" in frame else frame.iloc[:0]
     if frame.empty:
         raise LTBenchError(
             f"no record under {', '.join(map(str, paths))} has a test curve; "
             "train with evaluation.test_curve=true"
         )
-    frame = frame.astype({"best_epoch": int, "curve_epochs": int, "epochs": int})
-    return frame.drop(columns="finished").sort_values([*KEYS, "seed"], ignore_index=True)
+    return frame.astype({"best_epoch": int, "curve_epochs": int, "epochs": int}).reset_index(drop=True)
 
 
 def curve_table(paths: list[Path]) -> str:

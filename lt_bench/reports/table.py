@@ -70,6 +70,12 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
             )
     frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "finished", *COLUMNS])
     frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
+    return newest_per_seed(frame)
+
+
+def newest_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per key and seed, the one with the latest ``finished`` (a re-run replaces the run it
+    repeats), without the ``finished`` column, sorted by key and seed."""
     frame = frame.sort_values("finished", kind="stable").drop_duplicates([*KEYS, "seed"], keep="last")
     return frame.drop(columns="finished").sort_values([*KEYS, "seed"], ignore_index=True)
 
