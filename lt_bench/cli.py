@@ -1,4 +1,5 @@
-"""The ``lt-bench`` command: run | sweep | table | compare | report | list | data summary | data pack."""
+"""The ``lt-bench`` command: run | sweep | table | diff | compare | curve | report | list | data summary |
+data pack."""
 
 from __future__ import annotations
 
@@ -129,6 +130,7 @@ def one_line(exc: LTBenchError) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from lt_bench.reports.compare import add_compare_parser
     from lt_bench.reports.curve import add_curve_parser
+    from lt_bench.reports.diff import add_diff_parser
     from lt_bench.reports.html import add_report_parser
 
     parser = argparse.ArgumentParser(
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compare_parser(sub)
     add_curve_parser(sub)
+    add_diff_parser(sub)
     add_report_parser(sub)
 
     p = sub.add_parser("list", help="registered methods, datasets, backbones, or experiment files")

@@ -342,10 +342,11 @@ def test_unrecorded_profile_is_exponential_and_tlc_ignores_the_imbalance_factor(
 
 
 def test_tables_and_reports_load_without_torch() -> None:
-    """``lt-bench table`` / ``curve`` / ``compare`` need no torch: importing it took most of their time
+    """``lt-bench table`` / ``curve`` / ``compare`` / ``diff`` need no torch: importing it took most of their time
     (a table in 10.5 s, 0.5 s without it, on this project's CPU machine)."""
     code = (
-        "import sys, lt_bench.cli, lt_bench.reports.table, lt_bench.reports.curve, lt_bench.reports.compare;"
+        "import sys, lt_bench.cli, lt_bench.reports.table, lt_bench.reports.curve, lt_bench.reports.compare,"
+        " lt_bench.reports.diff;"
         "print(sorted({'torch', 'lightning', 'torchmetrics'} & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

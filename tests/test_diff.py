@@ -1,0 +1,101 @@
+"""Two tables side by side (``lt-bench diff``) from hand-made records: means, stds, B − A and the
+spread mark, by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lt_bench.cli import main
+from lt_bench.errors import LTBenchError
+from lt_bench.reports.diff import diff_frame, diff_table
+
+
+def write(
+    folder: Path, method: str, seed: int, top1: float, finished: str = "2026-01-01T10:00:00+00:00", **variants
+) -> None:
+    """A record with test top-1 ``top1`` (and many-shot top1 - 0.1); ``variants``: name -> its top-1."""
+    metrics = {"test": {"top1": top1, "many": top1 - 0.1}}
+    metrics |= {f"test_{k}": {"top1": v, "many": v - 0.1} for k, v in variants.items()}
+    record = {
+        "dataset": "cifar10_lt",
+        "imbalance_factor": 100.0,
+        "profile": "exp",
+        "method": method,
+        "seed": seed,
+        "provenance": {"finished": finished},
+        "metrics": metrics,
+        "variants": {f"{method}+{k}": f"test_{k}" for k in variants},
+    }
+    path = folder / f"{method}-{seed}-{finished[:10]}"
+    path.mkdir(parents=True)
+    (path / "record.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def tables(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "fp32", tmp_path / "bf16"
+    for seed, (x, y) in enumerate([(0.60, 0.70), (0.62, 0.71), (0.64, 0.72)]):
+        write(a, "ce", seed, x)
+        write(b, "ce", seed, y)
+    for seed, (x, y) in enumerate([(0.50, 0.52), (0.60, 0.58)]):
+        write(a, "sade", seed, x, tta=x + 0.01)
+        write(b, "sade", seed, y, tta=y)
+    write(a, "tlc", 0, 0.7)
+    write(b, "sbcl", 0, 0.7)
+    return a, b
+
+
+def test_means_stds_and_differences_by_hand(tables: tuple[Path, Path]) -> None:
+    frame = diff_frame([tables[0]], [tables[1]]).set_index("method")
+    # ce: A 60, 62, 64 -> 62 ± 2; B 70, 71, 72 -> 71 ± 1; Δ = 9 > 2 + 1: beyond the spread
+    assert frame.loc["ce", ["n_a", "mean_a", "std_a"]].tolist() == pytest.approx([3, 0.62, 0.02])
+    assert frame.loc["ce", ["n_b", "mean_b", "std_b"]].tolist() == pytest.approx([3, 0.71, 0.01])
+    assert frame.loc["ce", "delta"] == pytest.approx(0.09) and frame.loc["ce", "beyond_spread"]
+    # sade: A 50, 60 -> 55 ± 7.07; B 52, 58 -> 55 ± 4.24: Δ 0; its +tta variant: A 56, B 55
+    assert frame.loc["sade", "delta"] == pytest.approx(0.0) and not frame.loc["sade", "beyond_spread"]
+    assert frame.loc["sade", "std_a"] == pytest.approx(0.0707107, rel=1e-5)
+    assert frame.loc["sade+tta", "delta"] == pytest.approx(-0.01)
+    assert frame.loc["tlc", "n_b"] != frame.loc["tlc", "n_b"]  # only in A: NaN on B's side
+    assert frame.loc["sbcl", "n_a"] != frame.loc["sbcl", "n_a"]
+
+
+def test_markdown_by_hand(tables: tuple[Path, Path]) -> None:
+    text = diff_table([tables[0]], [tables[1]])
+    assert "| cifar10_lt | 100 | ce | 3 | 62.00 ± 2.00 | 3 | 71.00 ± 1.00 | +9.00 * |" in text
+    assert "| cifar10_lt | 100 | sade | 2 | 55.00 ± 7.07 | 2 | 55.00 ± 4.24 | +0.00 |" in text
+    # sade+tta: A 51, 61 -> 56 ± 7.07; B 52, 58 -> 55 ± 4.24: Δ -1
+    assert "| cifar10_lt | 100 | sade+tta | 2 | 56.00 ± 7.07 | 2 | 55.00 ± 4.24 | -1.00 |" in text
+    # mean Δ over ce (+9), sade (0), sade+tta (-1): +2.67; one lower, one higher, one equal, one marked
+    assert (
+        "B − A over the 3 rows in both: mean +2.67; lower in 1, higher in 1, equal in 1; 1 marked *." in text
+    )
+    assert "- only in A: cifar10_lt | 100 | tlc" in text and "- only in B: cifar10_lt | 100 | sbcl" in text
+
+
+def test_another_metric_and_a_rerun_seed(tables: tuple[Path, Path]) -> None:
+    many = diff_frame([tables[0]], [tables[1]], metric="many").set_index("method")
+    assert many.loc["ce", "mean_a"] == pytest.approx(0.52)  # many = top1 - 0.1 in these records
+    write(tables[1], "ce", 2, 0.90, finished="2026-02-01T10:00:00+00:00")  # re-run: the newest counts
+    frame = diff_frame([tables[0]], [tables[1]]).set_index("method")
+    assert frame.loc["ce", "n_b"] == 3 and frame.loc["ce", "mean_b"] == pytest.approx(
+        (0.70 + 0.71 + 0.90) / 3
+    )
+
+
+def test_errors_name_the_problem(tables: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(LTBenchError, match="unknown metric 'acc'; choose one of top1"):
+        diff_frame([tables[0]], [tables[1]], metric="acc")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LTBenchError, match="no record.json under .*empty"):
+        diff_frame([tables[0]], [tmp_path / "empty"])
+
+
+def test_cli_diff(tables: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diff", str(tables[0]), str(tables[1])]) == 0
+    assert capsys.readouterr().out == diff_table([tables[0]], [tables[1]])
+    with pytest.raises(SystemExit):  # argparse names the valid metrics
+        main(["diff", str(tables[0]), str(tables[1]), "--metric", "worst"])
+    assert "invalid choice: 'worst'" in capsys.readouterr().err
