@@ -342,8 +342,8 @@ def test_unrecorded_profile_is_exponential_and_tlc_ignores_the_imbalance_factor(
 
 
 def test_tables_and_reports_load_without_torch() -> None:
-    """``lt-bench table`` / ``curve`` / ``compare`` / ``diff`` need no torch: importing it took most of their time
-    (a table in 10.5 s, 0.5 s without it, on this project's CPU machine)."""
+    """``lt-bench table`` / ``curve`` / ``compare`` / ``diff`` need no torch: importing it took most of
+    their time (a table in 10.5 s, 0.5 s without it, on this project's CPU machine)."""
     code = (
         "import sys, lt_bench.cli, lt_bench.reports.table, lt_bench.reports.curve, lt_bench.reports.compare,"
         " lt_bench.reports.diff;"
