@@ -7,13 +7,11 @@ The ratio column compares with issue 6's references for the official code on one
 ``cifar_train.py`` 1.1 s per epoch; SADE's ``train.py`` 3.0 s per epoch on CIFAR-100-LT IF 100).
 
     python bench/epoch_times.py --root DATA_OR_PACK [--epochs 4] [--methods ce,sade] [--json out.json] \
-        [--compile MODE] [trainer.precision=bf16-mixed train.channels_last=true ...]
+        [trainer.precision=bf16-mixed train.channels_last=true train.compile=default ...]
 
-``--compile MODE`` is a probe, not an engine option: it compiles the backbone in place
-(``nn.Module.compile(mode=MODE, dynamic=False)``) before training, so the first epoch's eager warm-up
-steps compile it (the first epoch's time includes the compilation) and the engine's graphs capture the
-compiled kernels; the last, smaller batch of an epoch compiles once more. Only modes that build no
-CUDA graphs of their own: ``default``, ``max-autotune-no-cudagraphs``.
+With ``train.compile=MODE`` the first epoch's eager warm-up steps compile the backbone (the first
+epoch's time includes the compilation) and the engine's graphs capture the compiled kernels; the last,
+smaller batch of an epoch compiles once more.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ def fast_engine(name: str, overrides: list[str], run_dir: Path, use_graphs: bool
     return FastEngine(method, dataset.train, augment, cfg, fast_engine_device(cfg), run_dir, use_graphs)
 
 
-def time_method(name: str, root: str, epochs: int, extra: list[str], compile_mode: str | None = None) -> dict:
+def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
     stages = []
     if name == "sbcl":  # times stage 1 (contrastive, batch 1024); one stage-2 epoch follows, not timed
         stages = [f"method.stage1_epochs={epochs}", "method.stage2_epochs=1"]
@@ -69,8 +67,6 @@ def time_method(name: str, root: str, epochs: int, extra: list[str], compile_mod
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as run_dir:
         engine = fast_engine(name, overrides, Path(run_dir))
-        if compile_mode:
-            engine.method.backbone.compile(mode=compile_mode, dynamic=False)
         started = time.perf_counter()
         summary = engine.fit()
         wall = time.perf_counter() - started
@@ -93,7 +89,7 @@ def time_method(name: str, root: str, epochs: int, extra: list[str], compile_mod
         "step_mode": summary.step_mode,
         "precision": str(cfg.trainer.precision),
         "channels_last": bool(cfg.train.channels_last),
-        "compile": compile_mode,
+        "compile": cfg.train.compile,
         "wall_s": round(wall, 2),
         "reference_s": REFERENCE_SECONDS.get(name),
         "speedup_vs_reference": round(REFERENCE_SECONDS[name] / steady, 2)
@@ -108,18 +104,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--methods", default=METHOD_LIST)
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument(
-        "--compile",
-        choices=("default", "max-autotune-no-cudagraphs"),
-        help="probe: torch.compile the backbone in this mode",
-    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.val_per_class=0")
     args = parser.parse_args()
     rows = []
     header = "| method | batch | s/epoch | images/s | first epoch (s) | peak GiB | steps | vs official |"
     print(header + "\n|---|---:|---:|---:|---:|---:|---|---:|", flush=True)
     for name in args.methods.split(","):
-        row = time_method(name, args.root, args.epochs, args.overrides, args.compile)
+        row = time_method(name, args.root, args.epochs, args.overrides)
         rows.append(row)
         ratio = f"{row['speedup_vs_reference']}x" if row["speedup_vs_reference"] else "–"
         print(

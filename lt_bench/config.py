@@ -267,6 +267,10 @@ def experiment_runs(experiment: str) -> list[list[str]]:
     return [[str(item) for item in run] for run in runs]
 
 
+#: ``train.compile`` modes: those that build no CUDA graphs of their own (the fast engine captures the step)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
 def _validate_choices(cfg: DictConfig) -> None:
     """Keys that take one of a few words, checked before any data is loaded."""
     from lt_bench.data.augment import AUGMENTATIONS
@@ -282,6 +286,7 @@ def _validate_choices(cfg: DictConfig) -> None:
         "train.engine": ("auto", "fast", "lightning"),
         "train.cuda_graphs": (True, False),
         "train.channels_last": (True, False),
+        "train.compile": (None, *COMPILE_MODES),
     }
     for key, valid in choices.items():
         value = OmegaConf.select(cfg, key)

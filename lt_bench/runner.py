@@ -57,7 +57,11 @@ def build_dataset(dataset_cfg: DictConfig) -> LTDataset:
 #: keys added after run ids were in use, with the values that behave as before the key existed (null: a
 #: BatchFormer host's key left to the host): at those values a key is left out of the hash, so adding it
 #: keeps the ids of earlier runs (a sweep then skips or resumes them); a new key of that kind belongs here
-HASH_NEUTRAL = {"evaluation.test_curve": (False,), "method.engagement_loss": ("masked", None)}
+HASH_NEUTRAL = {
+    "evaluation.test_curve": (False,),
+    "method.engagement_loss": ("masked", None),
+    "train.compile": (None,),
+}
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -189,6 +189,7 @@ def test_unknown_name_lists_valid_names(override: str, valid: list[str]) -> None
         "optim.lr=abc",
         "optim.nesterov=3",
         "dataset.imbalance_factor=0.5",
+        "train.compile=reduce-overhead",  # builds CUDA graphs of its own inside the engine's capture
     ],
 )
 def test_wrong_type_or_value(override: str) -> None:
@@ -272,12 +273,16 @@ def test_keys_added_later_keep_earlier_run_ids_at_their_neutral_value() -> None:
 
     cfg = compose(["experiment=cifar10_lt/tlc", "seed=1"])
     older = OmegaConf.to_container(cfg)
-    del older["evaluation"]["test_curve"], older["method"]["engagement_loss"]
-    assert set(HASH_NEUTRAL) == {"evaluation.test_curve", "method.engagement_loss"}
+    del older["evaluation"]["test_curve"], older["method"]["engagement_loss"], older["train"]["compile"]
+    assert set(HASH_NEUTRAL) == {"evaluation.test_curve", "method.engagement_loss", "train.compile"}
     assert config_hash(cfg) == config_hash(OmegaConf.create(older))
-    for override in ("evaluation.test_curve=true", "method.engagement_loss=masked_plus_mean"):
+    for override in (
+        "evaluation.test_curve=true",
+        "method.engagement_loss=masked_plus_mean",
+        "train.compile=default",
+    ):
         assert config_hash(compose(["experiment=cifar10_lt/tlc", "seed=1", override])) != config_hash(cfg)
     bf = compose(["experiment=cifar10_lt/batchformer"])  # a host key left null is neutral too
     older = OmegaConf.to_container(bf)
-    del older["evaluation"]["test_curve"], older["method"]["engagement_loss"]
+    del older["evaluation"]["test_curve"], older["method"]["engagement_loss"], older["train"]["compile"]
     assert config_hash(bf) == config_hash(OmegaConf.create(older))

@@ -27,7 +27,7 @@ from lt_bench.engine.choice import choose_engine
 from lt_bench.engine.fast import CAPTURABLE_AUGMENTS, WARMUP_STEPS, FastEngine, epoch_permutation
 from lt_bench.engine.sgd import GraphSGD
 from lt_bench.engine.stop import StopRequests
-from lt_bench.errors import RunInterrupted
+from lt_bench.errors import ConfigError, RunInterrupted
 from lt_bench.methods.base import BaseMethod, limited_batches
 from lt_bench.registry import METHODS
 
@@ -115,6 +115,12 @@ def test_engine_choice(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="train.engine=lightning") as err:
             choose_engine(compose(["experiment=fashion_mnist_lt/ce", *overrides]), split)
         assert words in str(err.value)
+    compiled = ["experiment=fashion_mnist_lt/ce", "trainer.accelerator=cpu", "train.compile=default"]
+    assert choose_engine(compose(compiled), memory) == "fast"  # a fast-engine option: auto picks it
+    with pytest.raises(
+        ConfigError, match="train.compile=default is a fast-engine option .*train.engine=lightning"
+    ):
+        choose_engine(compose([*compiled, "train.engine=lightning"]), memory)
 
 
 def test_checkpoint_of_the_other_engine_is_refused(tmp_path: Path) -> None:
@@ -374,6 +380,37 @@ def test_fast_engine_bf16_autocast_and_channels_last(tmp_path: Path) -> None:
     engine.fit()
     losses = _epoch_losses(tmp_path, "fast")
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_compiled_backbone_trains_as_the_eager_one(tmp_path: Path) -> None:
+    """``train.compile=default`` compiles the backbone (here with inductor on a CPU): the epoch losses
+    equal the uncompiled run's up to float rounding, the backbone is really compiled, and the compiled
+    module also evaluates (eval mode, no gradients, another batch size)."""
+    split = _synthetic()
+    losses = {}
+    for mode in ("null", "default"):
+        cfg = compose(
+            [
+                "experiment=cifar10_lt/ce",
+                "backbone=small_cnn",
+                f"train.compile={mode}",
+                "trainer.max_epochs=2",
+                "data.batch_size=32",
+                "schedule.warmup_epochs=0",
+                "optim.lr=0.05",
+            ]
+        )
+        torch.manual_seed(0)
+        method, augment = _method_and_augment(cfg, split)
+        run = tmp_path / mode
+        FastEngine(method, split, augment, cfg, torch.device("cpu"), run).fit()
+        assert (method.backbone._compiled_call_impl is not None) == (mode == "default")
+        losses[mode] = _epoch_losses(run, "fast")
+        method.eval()
+        with torch.no_grad():
+            logits = method.predict_logits(method(torch.zeros(5, 3, 16, 16)))
+        assert logits.shape == (5, 4) and bool(torch.isfinite(logits).all())
+    np.testing.assert_allclose(losses["default"], losses["null"], rtol=1e-4)
 
 
 @pytest.mark.parametrize(

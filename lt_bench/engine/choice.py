@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lt_bench.data.base import ArraySplit, Split
 from lt_bench.errors import ConfigError
@@ -46,12 +46,20 @@ def choose_engine(cfg: DictConfig, train: Split) -> str:
     """``fast`` or ``lightning``: ``auto`` takes fast on a GPU when nothing stands in its way."""
     wanted = cfg.train.engine
     obstacles = fast_engine_obstacles(cfg, train)
-    if cfg.evaluation.get("test_curve"):  # a fast-engine diagnostic: auto picks fast on a CPU too
+    # fast-engine options: auto picks fast on a CPU too
+    for option, what in (
+        ("evaluation.test_curve", "a fast-engine diagnostic"),
+        ("train.compile", "a fast-engine option"),
+    ):
+        value = OmegaConf.select(cfg, option)
+        if value in (None, False):
+            continue
         blocking = ["train.engine=lightning"] if wanted == "lightning" else obstacles
         if blocking:
+            shown = str(value).lower() if isinstance(value, bool) else value
             raise ConfigError(
-                "evaluation.test_curve=true is a fast-engine diagnostic and this run cannot use the fast "
-                f"engine ({'; '.join(blocking)}); drop evaluation.test_curve or remove what blocks it"
+                f"{option}={shown} is {what} and this run cannot use the fast engine "
+                f"({'; '.join(blocking)}); drop {option} or remove what blocks it"
             )
         return "fast"
     if wanted == "lightning":

@@ -98,6 +98,8 @@ class FastEngine:
         self.autocast = str(cfg.trainer.get("precision", "32-true")) == "bf16-mixed"
         self.channels_last = bool(cfg.train.channels_last)
         method.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        if cfg.train.get("compile"):  # compiled by the first (eager) steps, then captured with the step
+            method.backbone.compile(mode=cfg.train.compile, dynamic=False)
         configured = method.configure_optimizers()
         self.torch_optimizer = configured["optimizer"]
         self.scheduler = configured["lr_scheduler"]["scheduler"]
