@@ -418,10 +418,12 @@ def test_compiled_backbone_trains_as_the_eager_one(tmp_path: Path) -> None:
 )
 def test_every_methods_bf16_loss_is_its_float32_loss_up_to_rounding(case: str, tmp_path: Path) -> None:
     """Under ``trainer.precision=bf16-mixed`` (with channels_last) every method's first loss, on the same
-    weights and views, is its float32 loss to within 2 % (bf16 keeps 8 bits of mantissa: measured
-    differences are below 0.4 %), finite, with finite gradients: no term overflows or loses its scale
-    in bf16 (here with the CPU's autocast; the GPU runs' accuracy is in results/)."""
-    losses = {}
+    weights and views, through the engine's own autocast (``FastEngine.forward_loss``), is its float32
+    loss to within 2 % and each of its terms to within 10 % (measured: totals below 0.4 %, terms below
+    4.5 %, MDCS's small consistency term the largest), with finite gradients pointing the same way
+    (cosine above 0.97; measured 0.982 and more): no term overflows or loses its scale in bf16 (here with
+    the CPU's autocast; the GPU runs' accuracy is in results/)."""
+    results = {}
     for precision in ("32-true", "bf16-mixed"):
         split = _synthetic(n=128, size=32)
         cfg = compose([*STEP_CASES[case], "data.batch_size=64", f"trainer.precision={precision}"])
@@ -429,18 +431,22 @@ def test_every_methods_bf16_loss_is_its_float32_loss_up_to_rounding(case: str, t
         torch.manual_seed(0)
         method, augment = _method_and_augment(cfg, split)
         engine = FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path, use_graphs=False)
+        assert engine.autocast == (precision == "bf16-mixed")
         _, batch_size = engine.begin_epoch(0)
         torch.manual_seed(1)
-        inputs = engine._inputs(torch.arange(batch_size))
-        with torch.autocast("cpu", torch.bfloat16, enabled=engine.autocast, cache_enabled=False):
-            loss, _ = method.training_loss(*inputs)
-        loss.float().backward()
-        grads = [p.grad for p in method.parameters() if p.grad is not None]
-        assert grads and all(bool(torch.isfinite(g).all()) for g in grads), (case, precision)
-        losses[precision] = float(loss.detach())
-    assert np.isfinite(losses["bf16-mixed"])
-    assert losses["bf16-mixed"] != losses["32-true"]  # autocast reached the forward
-    assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.02), losses
+        loss, terms = engine.forward_loss(engine._inputs(torch.arange(batch_size)))
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in method.parameters() if p.grad is not None])
+        assert grads.numel() and bool(torch.isfinite(grads).all()), (case, precision)
+        terms = {k: float(v.detach().float()) for k, v in terms.items()}
+        results[precision] = float(loss.detach()), terms, grads
+    (loss32, terms32, grads32), (loss16, terms16, grads16) = results["32-true"], results["bf16-mixed"]
+    assert np.isfinite(loss16) and loss16 != loss32  # autocast reached the forward
+    assert loss16 == pytest.approx(loss32, rel=0.02)
+    assert terms16.keys() == terms32.keys()
+    for name, value in terms32.items():
+        assert terms16[name] == pytest.approx(value, rel=0.1, abs=1e-6), (case, name)
+    assert float(torch.nn.functional.cosine_similarity(grads16, grads32, dim=0)) > 0.97
 
 
 @pytest.mark.parametrize("case", list(STEP_CASES))

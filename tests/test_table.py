@@ -201,6 +201,22 @@ def test_duplicate_seed_keeps_the_newest(runs: Path) -> None:
     assert row["top1"] == f"{100 * values.mean():.2f} ± {100 * values.std(ddof=1):.2f}"
 
 
+def test_a_run_in_another_precision_is_its_own_row_and_replaces_no_seed(runs: Path) -> None:
+    """A bf16 run of ce seed 1, finished after the float32 one: a row ``ce (bf16-mixed)`` of its own;
+    the float32 row keeps all three of its seeds. Records that name no precision are float32."""
+    path = write_record(
+        runs / "bf16-rerun", "ce", 1, {**METRICS["ce"][1], "top1": 0.5}, "2026-01-02T09:00:00+00:00"
+    )
+    record = json.loads(path.read_text())
+    record["config"] = {"trainer": {"precision": "bf16-mixed"}}
+    path.write_text(json.dumps(record))
+    rows = parse_md(table([runs], "md"))
+    assert rows["ce"]["n"] == "3" and parse_cell(rows["ce"]["top1"])[0] == pytest.approx(70.1)
+    assert (rows["ce (bf16-mixed)"]["n"], rows["ce (bf16-mixed)"]["top1"]) == ("1", "50.00")
+    frame = records_frame([runs])
+    assert set(frame.query("base_method == 'ce'").precision) == {"32-true", "bf16-mixed"}
+
+
 def test_groups_by_dataset_and_imbalance_factor(tmp_path: Path) -> None:
     write_record(tmp_path / "a", "ce", 0, METRICS["ce"][0], imbalance_factor=100.0)
     write_record(tmp_path / "b", "ce", 0, METRICS["ce"][1], imbalance_factor=50.0)

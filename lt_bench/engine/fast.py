@@ -142,15 +142,20 @@ class FastEngine:
             )
         return inputs
 
+    def forward_loss(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The method's training loss (as float32) and its terms, under bf16 autocast when
+        ``trainer.precision=bf16-mixed``."""
+        # autocast's weight cache must stay off under CUDA-graph capture
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast, cache_enabled=False):
+            loss, terms = self.method.training_loss(*inputs)
+        return loss.float(), terms
+
     def _loss_and_update(self, inputs: tuple[Tensor, ...]) -> None:
         """Forward, loss, backward, SGD and the running sums: the captured region.
 
         ``train.nonfinite_loss=skip`` checks the loss on the host (eager steps only) and skips the update.
         """
-        # autocast's weight cache must stay off under CUDA-graph capture
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast, cache_enabled=False):
-            loss, terms = self.method.training_loss(*inputs)
-        loss = loss.float()
+        loss, terms = self.forward_loss(inputs)
         if self.skip_nonfinite and not bool(torch.isfinite(loss.detach())):
             self.method.skipped_steps += 1
             self.step_count += 1

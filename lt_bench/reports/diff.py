@@ -4,8 +4,9 @@ where it exceeds the seed spread (``|Δ| > std_A + std_B``, the rule of ``lt-ben
 
 For the same recipes under two settings: float32 against bf16, two commits, two engines, two machines.
 Rows are keyed as ``lt-bench table`` keys them (dataset, IF, profile, method; variants such as
-``sade+tta`` included), a re-run of a seed keeps the newest record; keys found in one table only are
-listed below it.
+``sade+tta`` included; a re-run of a seed keeps the newest record), except that methods pair across
+precisions: each table must hold each method in one precision, which the header names. Keys found in
+one table only are listed below the table.
 """
 
 from __future__ import annotations
@@ -18,49 +19,68 @@ import pandas as pd
 
 from lt_bench.errors import LTBenchError
 from lt_bench.reports.compare import SPREAD_RULE, Stat, exceeds_spread
-from lt_bench.reports.record import find_records
 from lt_bench.reports.table import COLUMNS, KEYS, imbalance_cell, mean_std_cell, records_frame, summarize
 
+#: differences shown and counted in points, to this many decimals
+DECIMALS = 2
 
-def _summary(paths: list[Path], metric: str) -> pd.DataFrame:
-    if not find_records(paths):
-        raise LTBenchError(f"no record.json under {', '.join(map(str, paths))}")
-    summary = summarize(records_frame(paths))
-    return summary[[*KEYS, "n", f"{metric}_mean", f"{metric}_std"]]
+
+def _side(paths: list[Path], metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """The summary of one table with methods named without their precision tag, and its precisions."""
+    frame = records_frame(paths)
+    where = ", ".join(map(str, paths))
+    if frame.empty:
+        raise LTBenchError(f"no record.json under {where}")
+    base_keys = [*KEYS[:-1], "base_method"]
+    precisions = frame.groupby(base_keys, dropna=False)["precision"].unique()
+    for key, values in precisions.items():
+        if len(values) > 1:
+            raise LTBenchError(
+                f"{where} holds {key[-1]} in several precisions ({', '.join(sorted(values))}); "
+                "give lt-bench diff folders that hold each method in one precision"
+            )
+    summary = summarize(frame.assign(method=frame["base_method"]))
+    columns = {f"{metric}_mean": "mean", f"{metric}_std": "std"}
+    return summary[[*KEYS, "n", *columns]].rename(columns=columns), sorted(frame["precision"].unique())
+
+
+def _merge(a: list[Path], b: list[Path], metric: str) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """``diff_frame``'s rows and the precisions of table A and of table B."""
+    if metric not in COLUMNS:
+        raise LTBenchError(f"unknown metric '{metric}'; choose one of {', '.join(COLUMNS)}")
+    (side_a, precisions_a), (side_b, precisions_b) = _side(a, metric), _side(b, metric)
+    frame = side_a.merge(side_b, on=list(KEYS), how="outer", suffixes=("_a", "_b"), sort=True)
+    frame["delta"] = frame["mean_b"] - frame["mean_a"]
+    frame["beyond_spread"] = [
+        pd.notna(r.n_a)
+        and pd.notna(r.n_b)
+        and exceeds_spread(Stat(r.mean_a, r.std_a, int(r.n_a)), Stat(r.mean_b, r.std_b, int(r.n_b)))
+        for r in frame.itertuples()
+    ]
+    return frame, precisions_a, precisions_b
 
 
 def diff_frame(a: list[Path], b: list[Path], metric: str = "top1") -> pd.DataFrame:
     """One row per key of either table: ``n_a``, ``mean_a``, ``std_a``, the same for B (NaN where a
-    table lacks the key), ``delta`` = mean_b − mean_a (fractions) and ``beyond_spread``."""
-    if metric not in COLUMNS:
-        raise LTBenchError(f"unknown metric '{metric}'; choose one of {', '.join(COLUMNS)}")
-    names = {f"{metric}_mean": "mean", f"{metric}_std": "std", "n": "n"}
-    sides = [_summary(paths, metric).rename(columns=names) for paths in (a, b)]
-    frame = sides[0].merge(sides[1], on=list(KEYS), how="outer", suffixes=("_a", "_b"), sort=True)
-    frame["delta"] = frame["mean_b"] - frame["mean_a"]
-    frame["beyond_spread"] = [
-        exceeds_spread(Stat(r.mean_a, r.std_a, int(r.n_a)), Stat(r.mean_b, r.std_b, int(r.n_b)))
-        if r.n_a == r.n_a and r.n_b == r.n_b
-        else False
-        for r in frame.itertuples()
-    ]
-    return frame.reset_index(drop=True)
+    table lacks the key or the metric), ``delta`` = mean_b − mean_a (fractions) and ``beyond_spread``."""
+    return _merge(a, b, metric)[0]
 
 
 def diff_table(a: list[Path], b: list[Path], metric: str = "top1") -> str:
-    """Markdown: the keys in both tables, then a summary line (mean Δ over them, how many lower and
-    higher, how many beyond the spread) and the keys of one table only."""
-    frame = diff_frame(a, b, metric)
+    """Markdown: the keys in both tables, then a summary line over the rows with a difference (its mean,
+    how many lower, higher and equal to ``DECIMALS`` places, how many marked, how many could not be
+    marked for a single seed on a side) and the keys of one table only."""
+    frame, precisions_a, precisions_b = _merge(a, b, metric)
     both = frame[frame.n_a.notna() & frame.n_b.notna()]
-    name_a, name_b = (" ".join(str(p) for p in paths) for paths in (a, b))
     lines = [
-        f"A: {name_a}",
-        f"B: {name_b}",
+        f"A: {' '.join(map(str, a))} ({', '.join(precisions_a)})",
+        f"B: {' '.join(map(str, b))} ({', '.join(precisions_b)})",
         "",
         f"| dataset | IF | method | n A | {metric} A | n B | {metric} B | B − A |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in both.itertuples():
+        delta = "–" if pd.isna(r.delta) else f"{round(100 * r.delta, DECIMALS) + 0.0:+.{DECIMALS}f}"
         cells = [
             r.dataset,
             imbalance_cell(r.imbalance_factor, r.profile),
@@ -69,20 +89,24 @@ def diff_table(a: list[Path], b: list[Path], metric: str = "top1") -> str:
             mean_std_cell(r.mean_a, r.std_a, "±"),
             str(int(r.n_b)),
             mean_std_cell(r.mean_b, r.std_b, "±"),
-            f"{100 * r.delta:+.2f}" + (" *" if r.beyond_spread else ""),
+            delta + (" *" if r.beyond_spread else ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    if len(both):
-        deltas = both["delta"]
-        lower, higher, equal = (int(n) for n in ((deltas < 0).sum(), (deltas > 0).sum(), (deltas == 0).sum()))
-        marked = int(both["beyond_spread"].sum())
+    measured = both[both["delta"].notna()]
+    if len(measured):
+        points = (100 * measured["delta"]).round(DECIMALS)
+        lower, higher, equal = (int(n) for n in ((points < 0).sum(), (points > 0).sum(), (points == 0).sum()))
+        mean = 100 * measured["delta"].mean()
+        marked = int(measured["beyond_spread"].sum())
+        single = int(((measured.n_a < 2) | (measured.n_b < 2)).sum())
         lines.append(
-            f"B − A over the {len(both)} rows in both: mean {100 * deltas.mean():+.2f}; lower in {lower}, "
-            f"higher in {higher}, equal in {equal}; {marked} marked *. {SPREAD_RULE}."
+            f"B − A over the {len(measured)} rows with a difference: mean {mean:+.2f}; lower in {lower}, "
+            f"higher in {higher}, equal in {equal} (to {DECIMALS} decimals); {marked} marked *, "
+            f"{single} with a single seed on a side (never marked). {SPREAD_RULE}."
         )
     else:
-        lines.append("No row is in both tables.")
+        lines.append(f"No row has {metric} in both tables.")
     for side, column in (("A", "n_b"), ("B", "n_a")):
         for r in frame[frame[column].isna()].itertuples():
             place = imbalance_cell(r.imbalance_factor, r.profile)

@@ -30,11 +30,29 @@ def place_key(record: dict) -> tuple[str, float | None, str]:
     return record["dataset"], imbalance, "exp" if profile == "balanced" else profile
 
 
+#: ``trainer.precision`` values that train in float32: no tag in a table
+FLOAT32_PRECISIONS = ("32", "32-true")
+
+
+def record_precision(record: dict) -> str:
+    """A run record's ``trainer.precision``; ``32-true`` where its config records none."""
+    trainer = (record.get("config") or {}).get("trainer") or {}
+    return str(trainer.get("precision", "32-true"))
+
+
+def table_label(method: str, record: dict) -> str:
+    """Table name of ``method`` (the run's label or one of its variants) in ``record``: tagged with the
+    precision when it is not float32 (``ce (bf16-mixed)``), then ``balanced_label`` for a balanced-set
+    run, so that neither kind of run merges into, or replaces a seed of, the float32 row of its method."""
+    precision = record_precision(record)
+    if precision not in FLOAT32_PRECISIONS:
+        method = f"{method} ({precision})"
+    return balanced_label(method) if record_profile(record) == "balanced" else method
+
+
 def record_key(record: dict) -> tuple[str, float | None, str, str]:
-    """(dataset, IF, profile, method) as ``place_key``; a balanced-set run's method is its
-    ``balanced_label``."""
-    method = record["method"]
-    return (*place_key(record), balanced_label(method) if record_profile(record) == "balanced" else method)
+    """(dataset, IF, profile, method) as ``place_key``, the method as ``table_label`` names it."""
+    return (*place_key(record), table_label(record["method"], record))
 
 
 def place_name(dataset: str, imbalance_factor: float | None, profile: str) -> str:
@@ -48,7 +66,9 @@ def place_name(dataset: str, imbalance_factor: float | None, profile: str) -> st
 def records_frame(paths: list[Path]) -> pd.DataFrame:
     """One row per run (test-set metrics) and per variant it records (e.g. ``sade+tta`` from
     ``metrics.test_sade_tta``), keyed as ``record_key`` (a balanced-set run's rows carry profile
-    ``exp`` and the ``(balanced set)`` method name); a re-run of the same seed keeps the newest record."""
+    ``exp`` and the ``(balanced set)`` method name, a run in another precision than float32 the
+    precision tag); ``base_method`` is the method name without the precision tag, ``precision`` the
+    run's. A re-run of the same seed keeps the newest record."""
     rows = []
     for path in find_records(paths):
         record = read_record(path)
@@ -62,13 +82,15 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
                     "dataset": dataset,
                     "imbalance_factor": imbalance,
                     "profile": profile,
-                    "method": balanced_label(method) if balanced else method,
+                    "method": table_label(method, record),
                     "seed": record["seed"],
                     "finished": record["provenance"]["finished"],
+                    "base_method": balanced_label(method) if balanced else method,
+                    "precision": record_precision(record),
                     **{col: result.get(col) for col in COLUMNS},
                 }
             )
-    frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "finished", *COLUMNS])
+    frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "finished", "base_method", "precision", *COLUMNS])
     frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
     return newest_per_seed(frame)
 
