@@ -126,12 +126,28 @@ def test_groups_split_by_method_and_keep_the_newest_rerun(two_methods: Path) -> 
     assert ce.seeds == [0, 1, 2]
     assert ce.values("test", "top1")[0] == 0.5  # the newer record of seed 0
     assert [g.label for g in with_baseline(groups, "la")] == ["la", "ce"]
-    with pytest.raises(LTBenchError, match="valid: ce, la"):
+    with pytest.raises(LTBenchError, match="give one of the group labels: ce, la"):
         with_baseline(groups, "ldam")
     empty = two_methods / "empty"
     empty.mkdir()
     with pytest.raises(LTBenchError, match="no run records"):
         load_groups([empty])
+
+
+def test_baseline_prefers_the_exact_label_over_a_tagged_group_of_its_method(two_methods: Path) -> None:
+    """A bf16 run of ce, listed first, is the group ``ce (bf16-mixed)``: ``--baseline ce`` picks the
+    float32 group labelled ``ce``; a method name that fits two groups and labels neither is refused."""
+    bf16 = two_methods.parent / "bf16"
+    record = json.loads((write_run(bf16, "ce", 0, [0.5] * 4) / "record.json").read_text())
+    record["config"] = {"trainer": {"precision": "bf16-mixed"}}
+    next(bf16.glob("*/record.json")).write_text(json.dumps(record))
+    groups = load_groups([bf16, two_methods])
+    assert [g.label for g in groups] == ["ce (bf16-mixed)", "ce", "la"]
+    assert [g.label for g in with_baseline(groups, "ce")] == ["ce", "ce (bf16-mixed)", "la"]
+    without_plain = [g for g in groups if g.label != "ce"]
+    with pytest.raises(LTBenchError, match="names no group, or the method of several"):
+        with_baseline([*without_plain, *load_groups([bf16])], "ce")
+    assert [g.label for g in with_baseline(without_plain, "ce")] == ["ce (bf16-mixed)", "la"]
 
 
 def test_same_method_from_two_paths_gets_distinct_labels(tmp_path: Path) -> None:

@@ -383,9 +383,9 @@ def test_fast_engine_bf16_autocast_and_channels_last(tmp_path: Path) -> None:
 
 
 def test_compiled_backbone_trains_as_the_eager_one(tmp_path: Path) -> None:
-    """``train.compile=default`` compiles the backbone (here with inductor on a CPU): the epoch losses
-    equal the uncompiled run's up to float rounding, the backbone is really compiled, and the compiled
-    module also evaluates (eval mode, no gradients, another batch size)."""
+    """``train.compile=default`` compiles the backbone for training (here with inductor on a CPU): dynamo
+    builds graphs, the epoch losses equal the uncompiled run's up to float rounding, and after training
+    the backbone runs uncompiled again (evaluation does not recompile for eval mode and its batches)."""
     split = _synthetic()
     losses = {}
     for mode in ("null", "default"):
@@ -402,15 +402,32 @@ def test_compiled_backbone_trains_as_the_eager_one(tmp_path: Path) -> None:
         )
         torch.manual_seed(0)
         method, augment = _method_and_augment(cfg, split)
-        run = tmp_path / mode
-        FastEngine(method, split, augment, cfg, torch.device("cpu"), run).fit()
-        assert (method.backbone._compiled_call_impl is not None) == (mode == "default")
-        losses[mode] = _epoch_losses(run, "fast")
-        method.eval()
-        with torch.no_grad():
-            logits = method.predict_logits(method(torch.zeros(5, 3, 16, 16)))
-        assert logits.shape == (5, 4) and bool(torch.isfinite(logits).all())
+        engine = FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path / mode)
+        assert (engine.compiled is method.backbone) == (mode == "default")
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        engine.fit()
+        assert (torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0) == (mode == "default")
+        assert method.backbone._compiled_call_impl is None
+        losses[mode] = _epoch_losses(tmp_path / mode, "fast")
     np.testing.assert_allclose(losses["default"], losses["null"], rtol=1e-4)
+
+
+def test_multi_expert_methods_compile_their_trunk() -> None:
+    """SADE, TLC, MDCS and BatchFormer on SADE keep their network in ``trunk``: that is what
+    ``train.compile`` compiles (the others: ``backbone``)."""
+    split = _synthetic()
+    for experiment, network in [
+        ("sade", "trunk"),
+        ("tlc", "trunk"),
+        ("mdcs", "trunk"),
+        ("batchformer_sade", "trunk"),
+        ("ce", "backbone"),
+        ("concutmix", "backbone"),
+        ("sbcl", "backbone"),
+    ]:
+        method, _ = _method_and_augment(compose([f"experiment=cifar10_lt/{experiment}"]), split)
+        assert method.compiled_network() is getattr(method, network), experiment
 
 
 @pytest.mark.parametrize(

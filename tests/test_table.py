@@ -288,7 +288,9 @@ def test_record_variants_become_their_own_rows(tmp_path: Path) -> None:
     assert summary.loc["sade+tta", "n"] == 2
 
 
-def _record(path: Path, method: str, seed: int, top1: float, profile: str | None = "exp") -> None:
+def _record(
+    path: Path, method: str, seed: int, top1: float, profile: str | None = "exp", precision: str | None = None
+) -> None:
     record = {
         "dataset": "cifar10_lt",
         "imbalance_factor": 100,
@@ -298,6 +300,8 @@ def _record(path: Path, method: str, seed: int, top1: float, profile: str | None
         "provenance": {"finished": f"2026-11-27T00:00:0{seed}+00:00"},
         "metrics": {"test": {"top1": top1}},
     }
+    if precision is not None:
+        record["config"] = {"trainer": {"precision": precision}}
     path.mkdir(parents=True)
     (path / "record.json").write_text(json.dumps(record))
 
@@ -317,6 +321,27 @@ def test_relative_accuracy_from_balanced_set_runs(tmp_path: Path) -> None:
     text = table([tmp_path])
     assert text.splitlines()[0].endswith("| relative |")
     assert "| cifar10_lt | 100 | ce (balanced set) | 1 | 80.00 |" in text
+
+
+def test_relative_accuracy_takes_ce_on_the_balanced_set_in_the_rows_precision(tmp_path: Path) -> None:
+    """A bf16 row's A_v is bf16 CE on the balanced set, never the float32 one; Lightning's short
+    precision names (``bf16``, ``32``) are the same rows as their full names."""
+    _record(tmp_path / "ce_bal", "ce", 0, 0.90, profile="balanced")
+    _record(tmp_path / "ce", "ce", 0, 0.60, precision="32")
+    _record(tmp_path / "ce16_bal", "ce", 0, 0.80, profile="balanced", precision="bf16-mixed")
+    _record(tmp_path / "ce16", "ce", 0, 0.56, precision="bf16")
+    _record(tmp_path / "bs16", "balanced_softmax", 1, 0.64, precision="bf16-mixed")
+    summary = summarize(records_frame([tmp_path])).set_index("method")
+    assert sorted(summary.index) == [
+        "balanced_softmax (bf16-mixed)",
+        "ce",
+        "ce (balanced set)",
+        "ce (bf16-mixed)",
+        "ce (bf16-mixed) (balanced set)",
+    ]
+    assert summary.loc["ce", "relative"] == pytest.approx(0.60 / 0.90)
+    assert summary.loc["ce (bf16-mixed)", "relative"] == pytest.approx(0.56 / 0.80)
+    assert summary.loc["balanced_softmax (bf16-mixed)", "relative"] == pytest.approx(0.64 / 0.80)
 
 
 def test_no_relative_column_without_balanced_runs(tmp_path: Path) -> None:

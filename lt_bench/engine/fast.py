@@ -98,8 +98,10 @@ class FastEngine:
         self.autocast = str(cfg.trainer.get("precision", "32-true")) == "bf16-mixed"
         self.channels_last = bool(cfg.train.channels_last)
         method.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        if cfg.train.get("compile"):  # compiled by the first (eager) steps, then captured with the step
-            method.backbone.compile(mode=cfg.train.compile, dynamic=False)
+        #: ``train.compile``: the network compiled by the first (eager) steps, then captured with the step
+        self.compiled = method.compiled_network() if cfg.train.get("compile") else None
+        if self.compiled is not None:
+            self.compiled.compile(mode=cfg.train.compile, dynamic=False)
         configured = method.configure_optimizers()
         self.torch_optimizer = configured["optimizer"]
         self.scheduler = configured["lr_scheduler"]["scheduler"]
@@ -307,6 +309,8 @@ class FastEngine:
                 self._stop_if_requested(stop, epoch + 1)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        if self.compiled is not None:  # evaluation runs uncompiled: one pass would not repay a recompilation
+            self.compiled._compiled_call_impl = None  # (eval mode, no gradients, its batch sizes)
         self.method.engine_epoch = self.max_epochs - 1 if self.max_epochs > 0 else 0
         mode = "eager (graph views)" if self.view_graphs_only else "eager"
         if self.use_graphs:

@@ -121,6 +121,10 @@ class BaseMethod(L.LightningModule):
             scale=self.classifier_scale(),
         )
 
+    def compiled_network(self) -> nn.Module:
+        """What ``train.compile`` compiles: the backbone (a multi-expert method: its trunk)."""
+        return self.backbone
+
     def classifier_scale(self) -> float:
         """Scale of a cosine classifier (``method.scale``, 1 when absent)."""
         return self.method_cfg.get("scale", 1.0)

@@ -92,6 +92,9 @@ class MultiExpertMethod(BaseMethod):
     def classifier_scale(self) -> float:
         return self.method_cfg.get("scale", 30.0)
 
+    def compiled_network(self) -> nn.Module:
+        return self.trunk
+
     def build_model(self) -> None:
         m = self.method_cfg
         self.trunk = build_multi_expert(

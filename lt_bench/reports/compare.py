@@ -169,15 +169,26 @@ def load_groups(paths: list[Path]) -> list[Group]:
     return unique_labels(groups)
 
 
+def baseline_group(groups: list[Group], label: str) -> Group | None:
+    """The group labelled ``label``; else the only group whose runs' method is ``label`` (a group's label
+    may carry its folder, precision or balanced-set tag); None when neither names exactly one."""
+    for group in groups:
+        if group.label == label:
+            return group
+    of_method = [g for g in groups if g.first["method"] == label]
+    return of_method[0] if len(of_method) == 1 else None
+
+
 def with_baseline(groups: list[Group], label: str | None) -> list[Group]:
-    """``groups`` with the one labelled (or of method) ``label`` first; unchanged for None."""
+    """``groups`` with the baseline (``baseline_group``) first; unchanged for None."""
     if label is None:
         return groups
-    for group in groups:
-        if label in (group.label, group.first["method"]):
-            return [group, *(g for g in groups if g is not group)]
+    base = baseline_group(groups, label)
+    if base is not None:
+        return [base, *(g for g in groups if g is not base)]
     raise LTBenchError(
-        f"--baseline '{label}' names none of the groups; valid: {', '.join(g.label for g in groups)}"
+        f"--baseline '{label}' names no group, or the method of several; give one of the group labels: "
+        f"{', '.join(g.label for g in groups)}"
     )
 
 

@@ -40,8 +40,10 @@ def _side(paths: list[Path], metric: str) -> tuple[pd.DataFrame, list[str]]:
                 "give lt-bench diff folders that hold each method in one precision"
             )
     summary = summarize(frame.assign(method=frame["base_method"]))
-    columns = {f"{metric}_mean": "mean", f"{metric}_std": "std"}
-    return summary[[*KEYS, "n", *columns]].rename(columns=columns), sorted(frame["precision"].unique())
+    summary = summary[[*KEYS, "n", f"{metric}_mean", f"{metric}_std"]]
+    return summary.rename(columns={f"{metric}_mean": "mean", f"{metric}_std": "std"}), sorted(
+        frame["precision"].unique()
+    )
 
 
 def _merge(a: list[Path], b: list[Path], metric: str) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -51,6 +53,7 @@ def _merge(a: list[Path], b: list[Path], metric: str) -> tuple[pd.DataFrame, lis
     (side_a, precisions_a), (side_b, precisions_b) = _side(a, metric), _side(b, metric)
     frame = side_a.merge(side_b, on=list(KEYS), how="outer", suffixes=("_a", "_b"), sort=True)
     frame["delta"] = frame["mean_b"] - frame["mean_a"]
+    frame["points"] = (100 * frame["delta"]).round(DECIMALS) + 0.0  # + 0.0: no -0.00
     frame["beyond_spread"] = [
         pd.notna(r.n_a)
         and pd.notna(r.n_b)
@@ -62,7 +65,8 @@ def _merge(a: list[Path], b: list[Path], metric: str) -> tuple[pd.DataFrame, lis
 
 def diff_frame(a: list[Path], b: list[Path], metric: str = "top1") -> pd.DataFrame:
     """One row per key of either table: ``n_a``, ``mean_a``, ``std_a``, the same for B (NaN where a
-    table lacks the key or the metric), ``delta`` = mean_b − mean_a (fractions) and ``beyond_spread``."""
+    table lacks the key or the metric), ``delta`` = mean_b − mean_a (fractions), ``points`` (the
+    difference in points, rounded to ``DECIMALS``, as shown and counted) and ``beyond_spread``."""
     return _merge(a, b, metric)[0]
 
 
@@ -80,7 +84,7 @@ def diff_table(a: list[Path], b: list[Path], metric: str = "top1") -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in both.itertuples():
-        delta = "–" if pd.isna(r.delta) else f"{round(100 * r.delta, DECIMALS) + 0.0:+.{DECIMALS}f}"
+        delta = "–" if pd.isna(r.points) else f"{r.points:+.{DECIMALS}f}"
         cells = [
             r.dataset,
             imbalance_cell(r.imbalance_factor, r.profile),
@@ -95,7 +99,7 @@ def diff_table(a: list[Path], b: list[Path], metric: str = "top1") -> str:
     lines.append("")
     measured = both[both["delta"].notna()]
     if len(measured):
-        points = (100 * measured["delta"]).round(DECIMALS)
+        points = measured["points"]
         lower, higher, equal = (int(n) for n in ((points < 0).sum(), (points > 0).sum(), (points == 0).sum()))
         mean = 100 * measured["delta"].mean()
         marked = int(measured["beyond_spread"].sum())

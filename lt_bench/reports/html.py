@@ -16,7 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from lt_bench.reports.compare import Group, Section, compare_sections, load_groups, with_baseline
+from lt_bench.reports.compare import (
+    Group,
+    Section,
+    baseline_group,
+    compare_sections,
+    load_groups,
+    with_baseline,
+)
 from lt_bench.reports.table import place_name, records_frame, render, summarize
 
 STYLE = """
@@ -76,7 +83,7 @@ def blocks(groups: list[Group], baseline: str | None) -> list[list[Group]]:
         by_place.setdefault(group.key[:3], []).append(group)
     out = []
     for block in by_place.values():
-        present = baseline is not None and any(baseline in (g.label, g.first["method"]) for g in block)
+        present = baseline is not None and baseline_group(block, baseline) is not None
         out.append(with_baseline(block, baseline if present else None))
     return out
 

@@ -30,23 +30,28 @@ def place_key(record: dict) -> tuple[str, float | None, str]:
     return record["dataset"], imbalance, "exp" if profile == "balanced" else profile
 
 
-#: ``trainer.precision`` values that train in float32: no tag in a table
-FLOAT32_PRECISIONS = ("32", "32-true")
+#: Lightning's short ``trainer.precision`` values and the names they stand for
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
 
 
 def record_precision(record: dict) -> str:
-    """A run record's ``trainer.precision``; ``32-true`` where its config records none."""
+    """A run record's ``trainer.precision`` by its full name (``32`` is ``32-true``, ``bf16`` is
+    ``bf16-mixed``); ``32-true`` where its config records none."""
     trainer = (record.get("config") or {}).get("trainer") or {}
-    return str(trainer.get("precision", "32-true"))
+    precision = str(trainer.get("precision", "32-true"))
+    return PRECISION_ALIASES.get(precision, precision)
+
+
+def precision_label(method: str, precision: str) -> str:
+    """``method`` tagged with a precision other than float32: ``ce (bf16-mixed)``."""
+    return method if precision == "32-true" else f"{method} ({precision})"
 
 
 def table_label(method: str, record: dict) -> str:
     """Table name of ``method`` (the run's label or one of its variants) in ``record``: tagged with the
-    precision when it is not float32 (``ce (bf16-mixed)``), then ``balanced_label`` for a balanced-set
+    precision when it is not float32 (``precision_label``), then ``balanced_label`` for a balanced-set
     run, so that neither kind of run merges into, or replaces a seed of, the float32 row of its method."""
-    precision = record_precision(record)
-    if precision not in FLOAT32_PRECISIONS:
-        method = f"{method} ({precision})"
+    method = precision_label(method, record_precision(record))
     return balanced_label(method) if record_profile(record) == "balanced" else method
 
 
@@ -108,10 +113,12 @@ def balanced_label(method: str) -> str:
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, IF, profile, method): ``n`` seeds, ``<col>_mean`` and ``<col>_std`` (NaN for one seed),
-    and ``relative`` accuracy where balanced-set runs exist (see ``add_relative_accuracy``)."""
+    """Per (dataset, IF, profile, method): ``n`` seeds, the ``precision``, ``<col>_mean`` and
+    ``<col>_std`` (NaN for one seed), and ``relative`` accuracy where balanced-set runs exist
+    (``add_relative_accuracy``)."""
     grouped = frame.groupby(list(KEYS), sort=True, dropna=False)
     out = grouped.size().rename("n").to_frame()
+    out["precision"] = grouped["precision"].first()
     for col in COLUMNS:
         out[f"{col}_mean"] = grouped[col].mean()
         out[f"{col}_std"] = grouped[col].std(ddof=1)
@@ -121,13 +128,15 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 def add_relative_accuracy(summary: pd.DataFrame) -> pd.DataFrame:
     """``relative = A_t / max(A_v, A_b)`` (survey §4.1, metrics.md §2.2) from mean top-1 accuracies.
 
-    A_v is CE trained on the balanced set of the same dataset and IF (``ce (balanced set)``), A_b the
-    method itself on that set when it was run (else A_u = A_v, valid when A_b <= A_v). NaN without A_v.
+    A_v is CE trained on the balanced set of the same dataset, IF and precision (``ce (balanced set)``),
+    A_b the method itself on that set when it was run (else A_u = A_v, valid when A_b <= A_v). NaN
+    without A_v.
     """
     top1 = {(r.dataset, r.imbalance_factor, r.profile, r.method): r.top1_mean for r in summary.itertuples()}
     relative = []
     for r in summary.itertuples():
-        vanilla = top1.get((r.dataset, r.imbalance_factor, r.profile, balanced_label("ce")))
+        vanilla_ce = balanced_label(precision_label("ce", r.precision))
+        vanilla = top1.get((r.dataset, r.imbalance_factor, r.profile, vanilla_ce))
         own = top1.get((r.dataset, r.imbalance_factor, r.profile, balanced_label(r.method)))
         lt_run = not r.method.endswith("(balanced set)")
         ok = lt_run and vanilla is not None and vanilla > 0
