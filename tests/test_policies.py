@@ -315,6 +315,35 @@ def test_color_jitter_equals_torchvision_given_the_draws() -> None:
     assert_close_levels(out, per_image(images, chain), 2, 0.99)
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs", "lo", "hi"),
+    [
+        (P.adjust_brightness, TF.adjust_brightness, 0.6, 1.4),
+        (P.adjust_contrast, TF.adjust_contrast, 0.6, 1.4),
+        (P.adjust_saturation, TF.adjust_saturation, 0.6, 1.4),
+        (P.adjust_hue, TF.adjust_hue, -0.1, 0.1),
+    ],
+)
+def test_color_adjustments_of_one_channel_images_equal_torchvision(ours, theirs, lo, hi) -> None:
+    """Grayscale images (Fashion-MNIST): contrast blends with the image's own mean, saturation and hue
+    leave it unchanged, as torchvision does."""
+    images = make_images(16)[:, :1]
+    factor = torch.empty(16).uniform_(lo, hi)
+    out = ours(images, factor)
+    assert out.shape == images.shape
+    assert_close_levels(out, per_image(images, lambda i, im: theirs(im, float(factor[i]))), 1, 0.999)
+
+
+def test_simclr_views_of_one_channel_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SimCLR views (SADE's test-time views among them) of ``[B, H, W, 1]`` images keep one channel,
+    with colour jitter, grayscale and blur all drawn, on both colour-jitter paths."""
+    images = make_images(8).permute(0, 2, 3, 1)[..., :1].contiguous()
+    for graph_safe in (False, True):
+        monkeypatch.setattr(P, "graph_safe_device", lambda device, on=graph_safe: on)
+        view = P.simclr_view(images, padding=4, jitter_p=1.0, grayscale_p=1.0, blur_p=1.0, blur_kernel=3)
+        assert view.shape == images.shape and view.dtype == torch.uint8
+
+
 def test_color_jitter_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     images = make_images(32)
     with torch.random.fork_rng(devices=[]):

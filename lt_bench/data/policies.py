@@ -467,6 +467,10 @@ def _blend(images: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> to
 
 
 def _gray(images: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``rgb_to_grayscale`` of ``[B, 3, H, W]`` as float (floored); a one-channel image is
+    its own gray."""
+    if images.shape[1] == 1:
+        return images.float()
     r, g, b = images.unbind(1)
     return (r * 0.2989 + g * 0.587 + b * 0.114).floor_().unsqueeze(1)
 
@@ -477,18 +481,24 @@ def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 
 
 def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision ``adjust_contrast`` (RGB) with per-sample ``factor`` ``[B]``."""
+    """torchvision ``adjust_contrast`` (RGB or one channel) with per-sample ``factor`` ``[B]``."""
     mean = _gray(images).mean(dim=(1, 2, 3), keepdim=True)
     return _blend(images, mean, factor.view(-1, 1, 1, 1))
 
 
 def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision ``adjust_saturation`` (RGB) with per-sample ``factor`` ``[B]``."""
+    """torchvision ``adjust_saturation`` (RGB) with per-sample ``factor`` ``[B]``; a one-channel image
+    is returned unchanged, as torchvision does."""
+    if images.shape[1] == 1:
+        return images
     return _blend(images, _gray(images), factor.view(-1, 1, 1, 1))
 
 
 def adjust_hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision ``adjust_hue`` (RGB) with per-sample ``factor`` ``[B]`` in ``[-0.5, 0.5]``."""
+    """torchvision ``adjust_hue`` (RGB) with per-sample ``factor`` ``[B]`` in ``[-0.5, 0.5]``; a
+    one-channel image is returned unchanged, as torchvision does."""
+    if images.shape[1] == 1:
+        return images
     hsv = _rgb_to_hsv(images.float() / 255.0)
     h, s, v = hsv.unbind(1)
     h = (h + factor.view(-1, 1, 1)).remainder_(1.0)
@@ -499,7 +509,8 @@ def adjust_hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def color_jitter(
     images: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float
 ) -> torch.Tensor:
-    """torchvision ``ColorJitter`` per image of uint8 RGB ``[B, 3, H, W]``: factors and order per sample.
+    """torchvision ``ColorJitter`` per image of uint8 ``[B, C, H, W]`` (RGB, or one channel: saturation
+    and hue then change nothing): factors and order per sample.
 
     At each of the four positions every sample gets the adjustment its permutation puts there. On
     CPU each adjustment runs on the samples that chose it (index lists; syncs cost nothing there);
@@ -570,7 +581,8 @@ def simclr_view(
     blur_kernel: int | None = None,
     padding: int | None = None,
 ) -> torch.Tensor:
-    """One SimCLR / MoCo-v2 view per image of uint8 RGB ``[B, H, W, 3]``, output ``[B, size, size, 3]``.
+    """One SimCLR / MoCo-v2 view per image of uint8 ``[B, H, W, C]`` (RGB, or one channel as torchvision
+    treats it), output ``[B, size, size, C]``.
 
     RandomResizedCrop(size, scale) (with ``padding``: RandomCrop(H, padding) instead, the input size
     kept, as SADE's test-time views), horizontal flip, ColorJitter(*jitter) with probability
@@ -591,7 +603,7 @@ def simclr_view(
         jittered = color_jitter(x, *jitter)
         x = torch.where((torch.rand(b, device=dev) < jitter_p).view(b, 1, 1, 1), jittered, x)
     if grayscale_p > 0:
-        gray = TF.rgb_to_grayscale(x, num_output_channels=3)
+        gray = TF.rgb_to_grayscale(x, num_output_channels=x.shape[1])
         x = torch.where((torch.rand(b, device=dev) < grayscale_p).view(b, 1, 1, 1), gray, x)
     if blur_p > 0:
         k = blur_kernel or (int(0.1 * min(out_hw)) // 2 * 2 + 1)
