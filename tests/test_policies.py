@@ -281,15 +281,16 @@ def test_resized_crop_equals_torchvision() -> None:
         assert_close_levels(ours, per_image(images, lambda i, im: theirs(i, im, torch.uint8)), 1, 0.75)
 
 
-@pytest.mark.parametrize(
-    ("ours", "theirs", "lo", "hi"),
-    [
-        (P.adjust_brightness, TF.adjust_brightness, 0.6, 1.4),
-        (P.adjust_contrast, TF.adjust_contrast, 0.6, 1.4),
-        (P.adjust_saturation, TF.adjust_saturation, 0.6, 1.4),
-        (P.adjust_hue, TF.adjust_hue, -0.1, 0.1),
-    ],
-)
+#: (ours, torchvision's, factor range) of each colour adjustment
+COLOR_ADJUSTMENTS = [
+    (P.adjust_brightness, TF.adjust_brightness, 0.6, 1.4),
+    (P.adjust_contrast, TF.adjust_contrast, 0.6, 1.4),
+    (P.adjust_saturation, TF.adjust_saturation, 0.6, 1.4),
+    (P.adjust_hue, TF.adjust_hue, -0.1, 0.1),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "lo", "hi"), COLOR_ADJUSTMENTS)
 def test_per_sample_color_adjustments_equal_torchvision(ours, theirs, lo, hi) -> None:
     images = make_images(32)
     factor = torch.empty(32).uniform_(lo, hi)
@@ -315,15 +316,7 @@ def test_color_jitter_equals_torchvision_given_the_draws() -> None:
     assert_close_levels(out, per_image(images, chain), 2, 0.99)
 
 
-@pytest.mark.parametrize(
-    ("ours", "theirs", "lo", "hi"),
-    [
-        (P.adjust_brightness, TF.adjust_brightness, 0.6, 1.4),
-        (P.adjust_contrast, TF.adjust_contrast, 0.6, 1.4),
-        (P.adjust_saturation, TF.adjust_saturation, 0.6, 1.4),
-        (P.adjust_hue, TF.adjust_hue, -0.1, 0.1),
-    ],
-)
+@pytest.mark.parametrize(("ours", "theirs", "lo", "hi"), COLOR_ADJUSTMENTS)
 def test_color_adjustments_of_one_channel_images_equal_torchvision(ours, theirs, lo, hi) -> None:
     """Grayscale images (Fashion-MNIST): contrast blends with the image's own mean, saturation and hue
     leave it unchanged, as torchvision does."""
