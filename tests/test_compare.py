@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lt_bench.errors import LTBenchError
+from lt_bench.reports import html
 from lt_bench.reports.compare import (
     Stat,
     add_compare_parser,
@@ -148,6 +149,24 @@ def test_baseline_prefers_the_exact_label_over_a_tagged_group_of_its_method(two_
     with pytest.raises(LTBenchError, match="names no group, or the method of several"):
         with_baseline([*without_plain, *load_groups([bf16])], "ce")
     assert [g.label for g in with_baseline(without_plain, "ce")] == ["ce (bf16-mixed)", "la"]
+
+
+def test_baseline_by_method_across_places_skips_the_tagged_group(tmp_path: Path) -> None:
+    """Over two datasets every label names its place, so ``--baseline ce`` matches no label: it takes the
+    group whose table name is ``ce`` (float32), never ``ce (bf16-mixed)``, in each place."""
+    write_run(tmp_path / "bf16", "ce", 0, [0.5] * 4)
+    path = next((tmp_path / "bf16").glob("*/record.json"))
+    path.write_text(
+        json.dumps({**json.loads(path.read_text()), "config": {"trainer": {"precision": "bf16"}}})
+    )
+    write_run(tmp_path / "fp32", "ce", 0, [0.6] * 4)
+    write_run(tmp_path / "fp32", "la", 0, [0.7] * 4)
+    write_run(tmp_path / "other", "ce", 0, [0.8] * 4, dataset="other_lt")
+    groups = load_groups([tmp_path / "bf16", tmp_path / "fp32", tmp_path / "other"])
+    assert groups[0].label == "ce (bf16-mixed) (toy_lt IF 62.5)"
+    assert with_baseline(groups, "ce")[0].label == "ce (toy_lt IF 62.5)"
+    firsts = [block[0].label for block in html.blocks(groups, "ce")]
+    assert firsts == ["ce (toy_lt IF 62.5)", "ce (other_lt IF 62.5)"]
 
 
 def test_same_method_from_two_paths_gets_distinct_labels(tmp_path: Path) -> None:

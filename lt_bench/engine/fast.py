@@ -309,8 +309,10 @@ class FastEngine:
                 self._stop_if_requested(stop, epoch + 1)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        if self.compiled is not None:  # evaluation runs uncompiled: one pass would not repay a recompilation
-            self.compiled._compiled_call_impl = None  # (eval mode, no gradients, its batch sizes)
+        # the evaluation after training runs uncompiled: one pass would not repay a recompilation for eval
+        # mode, no gradients and its batch sizes (the per-epoch test curve, during training, runs compiled)
+        if self.compiled is not None:
+            self.compiled._compiled_call_impl = None
         self.method.engine_epoch = self.max_epochs - 1 if self.max_epochs > 0 else 0
         mode = "eager (graph views)" if self.view_graphs_only else "eager"
         if self.use_graphs:

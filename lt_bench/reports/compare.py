@@ -170,10 +170,14 @@ def load_groups(paths: list[Path]) -> list[Group]:
 
 
 def baseline_group(groups: list[Group], label: str) -> Group | None:
-    """The group labelled ``label``; else the only group whose runs' method is ``label`` (a group's label
-    may carry its folder, precision or balanced-set tag); None when neither names exactly one."""
+    """The group labelled ``label``; else the first whose table name (``record_key``'s method: no place
+    or folder, with its precision and balanced-set tags) is ``label``; else the only group whose runs'
+    method is ``label``; None when none of these names one."""
     for group in groups:
         if group.label == label:
+            return group
+    for group in groups:
+        if group.key[3] == label:
             return group
     of_method = [g for g in groups if g.first["method"] == label]
     return of_method[0] if len(of_method) == 1 else None

@@ -166,7 +166,7 @@ def mean_std_cell(mean: float, std: float, pm: str) -> str:
 def render(summary: pd.DataFrame, fmt: str = "md") -> str:
     """The table in Markdown, CSV (raw fractions) or LaTeX; accuracies shown in percent."""
     if fmt == "csv":
-        return summary.to_csv(index=False)
+        return summary.drop(columns="precision").to_csv(index=False)
     pm = r"$\pm$" if fmt == "latex" else "±"
     shown = pd.DataFrame(
         {
