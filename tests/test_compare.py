@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lt_bench.errors import LTBenchError
-from lt_bench.reports import html
+from lt_bench.reports import compare, html
 from lt_bench.reports.compare import (
     Stat,
     add_compare_parser,
@@ -133,6 +133,15 @@ def test_groups_split_by_method_and_keep_the_newest_rerun(two_methods: Path) -> 
     empty.mkdir()
     with pytest.raises(LTBenchError, match="no run records"):
         load_groups([empty])
+
+
+def test_equal_means_show_no_negative_zero() -> None:
+    """Means equal up to their last bit (the same seeds in another order) show +0.00, never -0.00."""
+    values = np.array([0.6447, 0.7033, 0.6285])
+    base, other = Stat.of(values), Stat.of(values[::-1].copy())
+    assert base.mean != other.mean
+    assert compare._delta(base, other, count=False) == " (+0.00)"
+    assert compare._delta(other, base, count=False) == " (+0.00)"
 
 
 def test_baseline_prefers_the_exact_label_over_a_tagged_group_of_its_method(two_methods: Path) -> None:

@@ -219,7 +219,8 @@ def _delta(base: Stat, other: Stat, count: bool) -> str:
         return ""
     scale, digits = (1, 1) if count else (100, 2)
     mark = " *" if exceeds_spread(base, other) else ""
-    return f" ({scale * (other.mean - base.mean):+.{digits}f}{mark})"
+    delta = round(scale * (other.mean - base.mean), digits) + 0.0  # + 0.0: no -0.00 for equal means
+    return f" ({delta:+.{digits}f}{mark})"
 
 
 def _header(group: Group) -> str:
