@@ -10,9 +10,8 @@ The ratio column compares with issue 6's references for the official code on one
         [trainer.precision=bf16-mixed train.channels_last=true train.compile=default ...]
 
 With ``train.compile=MODE`` the first epoch's eager warm-up steps compile the backbone (a multi-expert
-method's trunk; the first
-epoch's time includes the compilation) and the engine's graphs capture the compiled kernels; the last,
-smaller batch of an epoch compiles once more.
+method's trunk; the first epoch's time includes the compilation) and the engine's graphs capture the
+compiled kernels; the last, smaller batch of an epoch compiles once more.
 """
 
 from __future__ import annotations

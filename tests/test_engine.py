@@ -30,6 +30,7 @@ from lt_bench.engine.stop import StopRequests
 from lt_bench.errors import ConfigError, RunInterrupted
 from lt_bench.methods.base import BaseMethod, limited_batches
 from lt_bench.registry import METHODS
+from lt_bench.runner import in_channels
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
@@ -142,10 +143,10 @@ def _synthetic(n: int = 70, classes: int = 4, size: int = 16) -> ArraySplit:
 
 
 def _method_and_augment(cfg, split: ArraySplit) -> tuple[BaseMethod, BatchAugment]:
-    """The configured method for ``split``'s class counts, and the run's batch augmentation."""
+    """The configured method for ``split``'s class counts and channels, and the run's batch augmentation."""
     counts = np.bincount(split.targets, minlength=4).tolist()
     return METHODS.get(cfg.method.name)(
-        cfg=cfg, train_counts=counts, in_channels=3
+        cfg=cfg, train_counts=counts, in_channels=in_channels(split)
     ), BatchAugment.from_config(cfg)
 
 
@@ -471,12 +472,10 @@ def test_every_method_trains_on_one_channel_images(case: str, tmp_path: Path) ->
     """Fashion-MNIST-LT's grayscale images (``[N, 28, 28, 1]``): every method's views and first loss
     (ConCutMix's and SBCL's SimCLR views failed on one channel before colour jitter handled it)."""
     rng = np.random.default_rng(0)
-    targets = rng.integers(0, 4, 96)
-    split = ArraySplit(rng.integers(0, 256, (96, 28, 28, 1)).astype(np.uint8), targets)
+    split = ArraySplit(rng.integers(0, 256, (96, 28, 28, 1)).astype(np.uint8), rng.integers(0, 4, 96))
     cfg = compose([*STEP_CASES[case], "dataset=fashion_mnist_lt", "data.batch_size=32"])
-    counts = np.bincount(targets, minlength=4).tolist()
-    method = METHODS.get(cfg.method.name)(cfg=cfg, train_counts=counts, in_channels=1)
-    engine = FastEngine(method, split, BatchAugment.from_config(cfg), cfg, torch.device("cpu"), tmp_path)
+    method, augment = _method_and_augment(cfg, split)
+    engine = FastEngine(method, split, augment, cfg, torch.device("cpu"), tmp_path)
     _, batch_size = engine.begin_epoch(0)
     loss, _ = engine.forward_loss(engine._inputs(torch.arange(batch_size)))
     assert bool(torch.isfinite(loss))
