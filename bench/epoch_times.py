@@ -56,9 +56,9 @@ def fast_engine(name: str, overrides: list[str], run_dir: Path, use_graphs: bool
 
 def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
     stages = []
-    if name == "sbcl":  # times stage 1 (contrastive, batch 1024); one stage-2 epoch follows, not timed
-        stages = [f"method.stage1_epochs={epochs}", "method.stage2_epochs=1"]
-    total = epochs + 1 if stages else epochs
+    if name == "sbcl":  # both stages, ``epochs`` each: 1 contrastive (batch 1024), 2 the classifier
+        stages = [f"method.stage1_epochs={epochs}", f"method.stage2_epochs={epochs}"]
+    total = 2 * epochs if stages else epochs
     overrides = [f"dataset.root={root}", f"trainer.max_epochs={total}", *stages, *extra]
     schedule = compose([f"experiment=cifar10_lt/{name}"]).schedule
     if schedule.name == "balms_cosine":  # a timing run is shorter than BALMS's warm-up (32 epochs)
@@ -76,6 +76,19 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
     batch = int(cfg.data.batch_size)
     batches = limited_batches(cfg.trainer.get("limit_train_batches"), -(-len(engine.targets) // batch))
     epoch_images = min(len(engine.targets), batches * batch)  # BALMS's recipe stops epochs early
+    second_stage = {}
+    if stages:  # its first epoch holds the stage's warm-up steps and capture, as epoch 1 does
+        later = summary.epoch_seconds[epochs:]
+        second_stage = {
+            "stage2_batch_size": int(cfg.method.stage2_batch_size),
+            "stage2_first_epoch_s": round(later[0], 3),
+            "stage2_seconds_per_epoch": round(statistics.median(later[1:] or later), 4),
+        }
+        batch2 = second_stage["stage2_batch_size"]
+        batches2 = limited_batches(cfg.trainer.get("limit_train_batches"), -(-len(engine.targets) // batch2))
+        images2 = min(len(engine.targets), batches2 * batch2)
+        seconds2 = second_stage["stage2_seconds_per_epoch"]
+        second_stage["stage2_images_per_second"] = round(images2 / seconds2, 1)
     return {
         "method": name,
         "batch_size": batch,
@@ -95,6 +108,7 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
         "speedup_vs_reference": round(REFERENCE_SECONDS[name] / steady, 2)
         if name in REFERENCE_SECONDS
         else None,
+        **second_stage,
     }
 
 
@@ -119,6 +133,12 @@ def main() -> None:
             f"{row['step_mode']} | {ratio} |",
             flush=True,
         )
+        if "stage2_seconds_per_epoch" in row:
+            print(
+                f"| {name} (stage 2) | {row['stage2_batch_size']} | {row['stage2_seconds_per_epoch']:.3f} | "
+                f"{row['stage2_images_per_second']:,.0f} | {row['stage2_first_epoch_s']:.2f} | – | – | – |",
+                flush=True,
+            )
     meta = {
         "device": device_name("auto"),
         "git": git_state(),

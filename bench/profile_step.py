@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,24 @@ def kernel_rows(prof: profile) -> list[tuple[str, int, float]]:
             if total > 0:
                 rows.append((event.key, event.count, float(total)))
     return sorted(rows, key=lambda row: -row[2])
+
+
+#: kernel families by name: cuDNN/CUTLASS convolutions (and the few GEMMs), batch norm, inductor's fused
+#: Triton kernels (``train.compile``); the rest is elementwise, copies, reductions, the optimizer
+KERNEL_FAMILIES = {
+    "convolution": re.compile(r"conv|gemm|xmma|cutlass", re.IGNORECASE),
+    "batch norm": re.compile(r"batch_?norm", re.IGNORECASE),
+    "triton (compiled)": re.compile(r"^triton", re.IGNORECASE),
+}
+
+
+def family_ms(rows: list[tuple[str, int, float]], steps: int) -> dict[str, float]:
+    """Milliseconds of kernel time per step of each ``KERNEL_FAMILIES`` family, and ``other``."""
+    totals = dict.fromkeys([*KERNEL_FAMILIES, "other"], 0.0)
+    for name, _, total in rows:
+        family = next((f for f, pattern in KERNEL_FAMILIES.items() if pattern.search(name)), "other")
+        totals[family] += total / steps / 1000
+    return {family: round(ms, 4) for family, ms in totals.items()}
 
 
 def main() -> None:
@@ -69,12 +88,21 @@ def main() -> None:
         f"{args.method}: batch {batch}, {kernels:.0f} kernels and {busy_ms:.3f} ms of kernel time per "
         f"step; {busy_ms * steps_per_epoch / 1000:.3f} s of kernel time per epoch ({steps_per_epoch} steps)"
     )
+    families = family_ms(rows, args.steps)
+    print("kernel time per step by family (ms): " + ", ".join(f"{f} {ms:.3f}" for f, ms in families.items()))
     print("| kernel | calls/step | µs/step | share |\n|---|---:|---:|---:|")
     for name, calls, total in rows[: args.top]:
         share = total / args.steps / 1000 / busy_ms
         print(f"| {name[:90]} | {calls / args.steps:.0f} | {total / args.steps:.1f} | {share:.1%} |")
     if args.json:
-        summary = {"method": args.method, "batch": batch, "kernels_per_step": kernels, "kernel_ms": busy_ms}
+        summary = {
+            "method": args.method,
+            "batch": batch,
+            "overrides": args.overrides,
+            "kernels_per_step": kernels,
+            "kernel_ms": busy_ms,
+            "family_ms": families,
+        }
         args.json.write_text(json.dumps({**summary, "top": rows[: args.top]}, indent=1))
 
 
