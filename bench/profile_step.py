@@ -2,9 +2,10 @@
 
 Builds ``cifar10_lt/<method>`` as ``bench/epoch_times.py`` does, runs ``--warmup`` eager steps, then
 profiles ``--steps`` more with ``torch.profiler`` and prints the kernel count and summed kernel time
-per step and the top kernels. Kernel time per step against the graph step's wall time (s/epoch of
-``epoch_times.py`` divided by the steps per epoch) says whether a step is bound by the GPU's work or
-by the gaps between kernels.
+per step, its sum by kernel family (``KERNEL_FAMILIES``: convolution, batch norm, other compiled, other)
+and the top kernels; ``--json`` also writes every kernel. Kernel time per step against the graph step's
+wall time (s/epoch of ``epoch_times.py`` divided by the steps per epoch) says whether a step is bound by
+the GPU's work or by the gaps between kernels.
 
     python bench/profile_step.py --root DATA_OR_PACK [--method ce] [--steps 10] [overrides ...]
 """
@@ -35,22 +36,28 @@ def kernel_rows(prof: profile) -> list[tuple[str, int, float]]:
     return sorted(rows, key=lambda row: -row[2])
 
 
-#: kernel families by name: cuDNN/CUTLASS convolutions (and the few GEMMs), batch norm, inductor's fused
-#: Triton kernels (``train.compile``); the rest is elementwise, copies, reductions, the optimizer
-KERNEL_FAMILIES = {
-    "convolution": re.compile(r"conv|gemm|xmma|cutlass", re.IGNORECASE),
-    "batch norm": re.compile(r"batch_?norm", re.IGNORECASE),
-    "triton (compiled)": re.compile(r"^triton", re.IGNORECASE),
-}
+#: kernel families, tested in order: inductor's fused pointwise and reduction kernels (``train.compile``),
+#: batch norm among them when their name says so; convolutions (cuDNN's and CUTLASS's, inductor's
+#: Triton templates); batch norm (ATen's and cuDNN's); the rest (elementwise, copies, the optimizer)
+KERNEL_FAMILIES = (
+    ("batch norm", re.compile(r"^triton_(poi|red|per)_.*batch_norm", re.IGNORECASE)),
+    ("other compiled", re.compile(r"^triton_(poi|red|per)_", re.IGNORECASE)),
+    (
+        "convolution",
+        re.compile(r"xmma|cutlass|implicit_gemm|convolve|^triton_tem_.*convolution", re.IGNORECASE),
+    ),
+    ("batch norm", re.compile(r"batch_?norm", re.IGNORECASE)),
+)
+FAMILY_NAMES = ("convolution", "batch norm", "other compiled", "other")
 
 
 def family_ms(rows: list[tuple[str, int, float]], steps: int) -> dict[str, float]:
-    """Milliseconds of kernel time per step of each ``KERNEL_FAMILIES`` family, and ``other``."""
-    totals = dict.fromkeys([*KERNEL_FAMILIES, "other"], 0.0)
+    """Milliseconds of kernel time per step of each family (``KERNEL_FAMILIES``, then ``other``)."""
+    totals = dict.fromkeys(FAMILY_NAMES, 0.0)
     for name, _, total in rows:
-        family = next((f for f, pattern in KERNEL_FAMILIES.items() if pattern.search(name)), "other")
+        family = next((f for f, pattern in KERNEL_FAMILIES if pattern.search(name)), "other")
         totals[family] += total / steps / 1000
-    return {family: round(ms, 4) for family, ms in totals.items()}
+    return totals
 
 
 def main() -> None:
@@ -101,9 +108,9 @@ def main() -> None:
             "overrides": args.overrides,
             "kernels_per_step": kernels,
             "kernel_ms": busy_ms,
-            "family_ms": families,
+            "family_ms": {family: round(ms, 4) for family, ms in families.items()},
         }
-        args.json.write_text(json.dumps({**summary, "top": rows[: args.top]}, indent=1))
+        args.json.write_text(json.dumps({**summary, "kernels": rows}, indent=1))
 
 
 if __name__ == "__main__":

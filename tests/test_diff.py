@@ -20,6 +20,7 @@ def write(
     top1: float,
     precision: str = "32-true",
     finished: str = "2026-01-01T10:00:00+00:00",
+    compile_mode: str | None = None,
     **variants: float,
 ) -> None:
     """A record with test top-1 ``top1``, many-shot top1 - 0.1 and no few-shot value; ``variants``:
@@ -33,11 +34,11 @@ def write(
         "method": method,
         "seed": seed,
         "provenance": {"finished": finished},
-        "config": {"trainer": {"precision": precision}},
+        "config": {"trainer": {"precision": precision}, "train": {"compile": compile_mode}},
         "metrics": metrics,
         "variants": {f"{method}+{k}": f"test_{k}" for k in variants},
     }
-    path = folder / f"{method}-{seed}-{precision}-{finished[:10]}"
+    path = folder / f"{method}-{seed}-{precision}-{compile_mode}-{finished[:10]}"
     path.mkdir(parents=True)
     (path / "record.json").write_text(json.dumps(record))
 
@@ -130,8 +131,23 @@ def test_errors_name_the_problem(tables: tuple[Path, Path], tmp_path: Path) -> N
     with pytest.raises(LTBenchError, match="no record.json under .*empty"):
         diff_frame([tables[0]], [tmp_path / "empty"])
     write(tables[0], "ce", 0, 0.5, "bf16-mixed")  # table A now holds ce in two precisions
-    with pytest.raises(LTBenchError, match="holds ce in several precisions \\(32-true, bf16-mixed\\)"):
+    with pytest.raises(LTBenchError, match="holds ce in several settings \\(32-true; bf16-mixed\\)"):
         diff_frame([tables[0]], [tables[1]])
+
+
+def test_compiled_runs_pair_with_uncompiled_ones(tmp_path: Path) -> None:
+    """A compiled table against an uncompiled one pairs by method; the header names the compile mode; a
+    table with a method both compiled and not is refused."""
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    for seed, (a, b) in enumerate([(0.60, 0.61), (0.62, 0.63)]):
+        write(plain, "ce", seed, a)
+        write(compiled, "ce", seed, b, compile_mode="default")
+    frame = diff_frame([plain], [compiled]).set_index("method")
+    assert frame.loc["ce", "points"] == pytest.approx(1.0)
+    assert f"B: {compiled} (32-true, compiled)" in diff_table([plain], [compiled])
+    write(plain, "ce", 2, 0.5, compile_mode="default")
+    with pytest.raises(LTBenchError, match="holds ce in several settings \\(32-true; 32-true, compiled\\)"):
+        diff_frame([plain], [compiled])
 
 
 def test_cli_diff(tables: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -217,6 +217,50 @@ def test_a_run_in_another_precision_is_its_own_row_and_replaces_no_seed(runs: Pa
     assert set(frame.query("base_method == 'ce'").precision) == {"32-true", "bf16-mixed"}
 
 
+def test_a_compiled_run_is_its_own_row_and_replaces_no_seed(runs: Path) -> None:
+    """Runs with ``train.compile`` set, finished after the uncompiled ones: rows tagged with the compile
+    mode (and the precision first when not float32); the uncompiled row keeps its three seeds.
+    ``train.compile: null`` is an uncompiled run."""
+    settings = {
+        "compiled": ({"compile": "default"}, {}),
+        "bf16": ({"compile": "default"}, {"precision": "bf16-mixed"}),
+        "autotune": ({"compile": "max-autotune-no-cudagraphs"}, {}),
+        "null": ({"compile": None}, {}),
+    }
+    for name, (train, trainer) in settings.items():
+        path = write_record(
+            runs / name, "ce", 1, {**METRICS["ce"][1], "top1": 0.5}, "2026-01-02T09:00:00+00:00"
+        )
+        record = json.loads(path.read_text())
+        record["config"] = {"train": train, "trainer": trainer}
+        path.write_text(json.dumps(record))
+    rows = parse_md(table([runs], "md"))
+    assert {"ce (compiled)", "ce (bf16-mixed, compiled)", "ce (compiled max-autotune-no-cudagraphs)"} <= set(
+        rows
+    )
+    assert (rows["ce (compiled)"]["n"], rows["ce (compiled)"]["top1"]) == ("1", "50.00")
+    # the null-compile run is seed 1 of the uncompiled row, newer than the original: it replaces it
+    values = np.array([METRICS["ce"][0]["top1"], 0.5, METRICS["ce"][2]["top1"]])
+    assert (
+        rows["ce"]["n"] == "3"
+        and rows["ce"]["top1"] == f"{100 * values.mean():.2f} ± {100 * values.std(ddof=1):.2f}"
+    )
+    frame = records_frame([runs]).query("base_method == 'ce'")
+    assert set(frame.setting) == {
+        "32-true",
+        "32-true, compiled",
+        "bf16-mixed, compiled",
+        "32-true, compiled max-autotune-no-cudagraphs",
+    }
+    assert list(pd.read_csv(io.StringIO(table([runs], "csv"))).columns[:5]) == [
+        "dataset",
+        "imbalance_factor",
+        "profile",
+        "method",
+        "n",
+    ]
+
+
 def test_groups_by_dataset_and_imbalance_factor(tmp_path: Path) -> None:
     write_record(tmp_path / "a", "ce", 0, METRICS["ce"][0], imbalance_factor=100.0)
     write_record(tmp_path / "b", "ce", 0, METRICS["ce"][1], imbalance_factor=50.0)

@@ -2,11 +2,11 @@
 mean ± std over seeds in each (sample std, ddof = 1), the difference of the means ``B − A``, and ``*``
 where it exceeds the seed spread (``|Δ| > std_A + std_B``, the rule of ``lt-bench compare``).
 
-For the same recipes under two settings: float32 against bf16, two commits, two engines, two machines.
-Rows are keyed as ``lt-bench table`` keys them (dataset, IF, profile, method; variants such as
-``sade+tta`` included; a re-run of a seed keeps the newest record), except that methods pair across
-precisions: each table must hold each method in one precision, which the header names. Keys found in
-one table only are listed below the table.
+For the same recipes under two settings: float32 against bf16, compiled against not, two commits, two
+engines, two machines. Rows are keyed as ``lt-bench table`` keys them (dataset, IF, profile, method;
+variants such as ``sade+tta`` included; a re-run of a seed keeps the newest record), except that methods
+pair across precisions and compile modes: each table must hold each method in one setting (precision and
+compile mode), which the header names. Keys found in one table only are listed below the table.
 """
 
 from __future__ import annotations
@@ -26,31 +26,32 @@ DECIMALS = 2
 
 
 def _side(paths: list[Path], metric: str) -> tuple[pd.DataFrame, list[str]]:
-    """The summary of one table with methods named without their precision tag, and its precisions."""
+    """The summary of one table with methods named without their setting tag (precision, compile
+    mode), and its settings."""
     frame = records_frame(paths)
     where = ", ".join(map(str, paths))
     if frame.empty:
         raise LTBenchError(f"no record.json under {where}")
     base_keys = [*KEYS[:-1], "base_method"]
-    precisions = frame.groupby(base_keys, dropna=False)["precision"].unique()
-    for key, values in precisions.items():
+    settings = frame.groupby(base_keys, dropna=False)["setting"].unique()
+    for key, values in settings.items():
         if len(values) > 1:
             raise LTBenchError(
-                f"{where} holds {key[-1]} in several precisions ({', '.join(sorted(values))}); "
-                "give lt-bench diff folders that hold each method in one precision"
+                f"{where} holds {key[-1]} in several settings ({'; '.join(sorted(values))}); "
+                "give lt-bench diff folders that hold each method in one precision and compile mode"
             )
     summary = summarize(frame.assign(method=frame["base_method"]))
     summary = summary[[*KEYS, "n", f"{metric}_mean", f"{metric}_std"]]
     return summary.rename(columns={f"{metric}_mean": "mean", f"{metric}_std": "std"}), sorted(
-        frame["precision"].unique()
+        frame["setting"].unique()
     )
 
 
 def _merge(a: list[Path], b: list[Path], metric: str) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """``diff_frame``'s rows and the precisions of table A and of table B."""
+    """``diff_frame``'s rows and the settings of table A and of table B."""
     if metric not in COLUMNS:
         raise LTBenchError(f"unknown metric '{metric}'; choose one of {', '.join(COLUMNS)}")
-    (side_a, precisions_a), (side_b, precisions_b) = _side(a, metric), _side(b, metric)
+    (side_a, settings_a), (side_b, settings_b) = _side(a, metric), _side(b, metric)
     frame = side_a.merge(side_b, on=list(KEYS), how="outer", suffixes=("_a", "_b"), sort=True)
     frame["delta"] = frame["mean_b"] - frame["mean_a"]
     frame["points"] = (100 * frame["delta"]).round(DECIMALS) + 0.0  # + 0.0: no -0.00
@@ -60,7 +61,7 @@ def _merge(a: list[Path], b: list[Path], metric: str) -> tuple[pd.DataFrame, lis
         and exceeds_spread(Stat(r.mean_a, r.std_a, int(r.n_a)), Stat(r.mean_b, r.std_b, int(r.n_b)))
         for r in frame.itertuples()
     ]
-    return frame, precisions_a, precisions_b
+    return frame, settings_a, settings_b
 
 
 def diff_frame(a: list[Path], b: list[Path], metric: str = "top1") -> pd.DataFrame:
@@ -74,11 +75,11 @@ def diff_table(a: list[Path], b: list[Path], metric: str = "top1") -> str:
     """Markdown: the keys in both tables, then a summary line over the rows with a difference (its mean,
     how many lower, higher and equal to ``DECIMALS`` places, how many marked, how many could not be
     marked for a single seed on a side) and the keys of one table only."""
-    frame, precisions_a, precisions_b = _merge(a, b, metric)
+    frame, settings_a, settings_b = _merge(a, b, metric)
     both = frame[frame.n_a.notna() & frame.n_b.notna()]
     lines = [
-        f"A: {' '.join(map(str, a))} ({', '.join(precisions_a)})",
-        f"B: {' '.join(map(str, b))} ({', '.join(precisions_b)})",
+        f"A: {' '.join(map(str, a))} ({'; '.join(settings_a)})",
+        f"B: {' '.join(map(str, b))} ({'; '.join(settings_b)})",
         "",
         f"| dataset | IF | method | n A | {metric} A | n B | {metric} B | B − A |",
         "|---|---:|---|---:|---:|---:|---:|---:|",

@@ -42,16 +42,40 @@ def record_precision(record: dict) -> str:
     return PRECISION_ALIASES.get(precision, precision)
 
 
-def precision_label(method: str, precision: str) -> str:
-    """``method`` tagged with a precision other than float32: ``ce (bf16-mixed)``."""
-    return method if precision == "32-true" else f"{method} ({precision})"
+def record_compile(record: dict) -> str | None:
+    """A run record's ``train.compile`` mode (``default``, ...); ``None`` for an uncompiled run."""
+    train = (record.get("config") or {}).get("train") or {}
+    mode = train.get("compile")
+    return None if mode is None else str(mode)
+
+
+def setting_tags(precision: str, compile_mode: str | None) -> list[str]:
+    """What sets a run apart from the float32, uncompiled default: ``["bf16-mixed", "compiled"]``."""
+    tags = [] if precision == "32-true" else [precision]
+    if compile_mode is not None:
+        tags.append("compiled" if compile_mode == "default" else f"compiled {compile_mode}")
+    return tags
+
+
+def setting_label(method: str, precision: str, compile_mode: str | None = None) -> str:
+    """``method`` tagged with its precision when not float32 and with ``train.compile`` when set:
+    ``ce (bf16-mixed)``, ``ce (compiled)``, ``ce (bf16-mixed, compiled)``."""
+    tags = setting_tags(precision, compile_mode)
+    return f"{method} ({', '.join(tags)})" if tags else method
+
+
+def record_setting(record: dict) -> str:
+    """The precision and compile mode of a run as one name: ``32-true``, ``bf16-mixed, compiled``."""
+    precision = record_precision(record)
+    return ", ".join([precision, *setting_tags("32-true", record_compile(record))])
 
 
 def table_label(method: str, record: dict) -> str:
     """Table name of ``method`` (the run's label or one of its variants) in ``record``: tagged with the
-    precision when it is not float32 (``precision_label``), then ``balanced_label`` for a balanced-set
-    run, so that neither kind of run merges into, or replaces a seed of, the float32 row of its method."""
-    method = precision_label(method, record_precision(record))
+    precision when it is not float32 and with the compile mode when compiled (``setting_label``), then
+    ``balanced_label`` for a balanced-set run, so that none of these runs merges into, or replaces a seed
+    of, the float32 row of its method."""
+    method = setting_label(method, record_precision(record), record_compile(record))
     return balanced_label(method) if record_profile(record) == "balanced" else method
 
 
@@ -71,9 +95,9 @@ def place_name(dataset: str, imbalance_factor: float | None, profile: str) -> st
 def records_frame(paths: list[Path]) -> pd.DataFrame:
     """One row per run (test-set metrics) and per variant it records (e.g. ``sade+tta`` from
     ``metrics.test_sade_tta``), keyed as ``record_key`` (a balanced-set run's rows carry profile
-    ``exp`` and the ``(balanced set)`` method name, a run in another precision than float32 the
-    precision tag); ``base_method`` is the method name without the precision tag, ``precision`` the
-    run's. A re-run of the same seed keeps the newest record."""
+    ``exp`` and the ``(balanced set)`` method name, a run in another precision than float32 or compiled
+    its setting tag); ``base_method`` is the method name without that tag, ``precision`` and ``setting``
+    (``record_setting``) the run's. A re-run of the same seed keeps the newest record."""
     rows = []
     for path in find_records(paths):
         record = read_record(path)
@@ -92,10 +116,13 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
                     "finished": record["provenance"]["finished"],
                     "base_method": balanced_label(method) if balanced else method,
                     "precision": record_precision(record),
+                    "setting": record_setting(record),
                     **{col: result.get(col) for col in COLUMNS},
                 }
             )
-    frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "finished", "base_method", "precision", *COLUMNS])
+    frame = pd.DataFrame(
+        rows, columns=[*KEYS, "seed", "finished", "base_method", "precision", "setting", *COLUMNS]
+    )
     frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
     return newest_per_seed(frame)
 
@@ -135,7 +162,7 @@ def add_relative_accuracy(summary: pd.DataFrame) -> pd.DataFrame:
     top1 = {(r.dataset, r.imbalance_factor, r.profile, r.method): r.top1_mean for r in summary.itertuples()}
     relative = []
     for r in summary.itertuples():
-        vanilla_ce = balanced_label(precision_label("ce", r.precision))
+        vanilla_ce = balanced_label(setting_label("ce", r.precision))
         vanilla = top1.get((r.dataset, r.imbalance_factor, r.profile, vanilla_ce))
         own = top1.get((r.dataset, r.imbalance_factor, r.profile, balanced_label(r.method)))
         lt_run = not r.method.endswith("(balanced set)")
