@@ -9,6 +9,9 @@ The ratio column compares with issue 6's references for the official code on one
     python bench/epoch_times.py --root DATA_OR_PACK [--epochs 4] [--methods ce,sade] [--json out.json] \
         [trainer.precision=bf16-mixed train.channels_last=true train.compile=default ...]
 
+SBCL trains ``--epochs`` epochs of each stage and gets a second row for its stage 2 (the classifier at
+batch 128), timed as stage 1 is (the stage's first epoch holds its warm-up steps and capture).
+
 With ``train.compile=MODE`` the first epoch's eager warm-up steps compile the backbone (a multi-expert
 method's trunk; the first epoch's time includes the compilation) and the engine's graphs capture the
 compiled kernels; the last, smaller batch of an epoch compiles once more.
