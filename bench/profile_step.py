@@ -37,14 +37,18 @@ def kernel_rows(prof: profile) -> list[tuple[str, int, float]]:
 
 
 #: kernel families, tested in order: inductor's fused pointwise and reduction kernels (``train.compile``),
-#: batch norm among them when their name says so; convolutions (cuDNN's and CUTLASS's, inductor's
-#: Triton templates); batch norm (ATen's and cuDNN's); the rest (elementwise, copies, the optimizer)
+#: batch norm among them when their name says so; convolutions (cuDNN's forward, data- and weight-gradient
+#: kernels, CUTLASS's implicit GEMM and its split-K reduction, inductor's Triton templates); batch norm
+#: (ATen's and cuDNN's); the rest (elementwise, copies, layout conversions, GEMMs, the optimizer)
 KERNEL_FAMILIES = (
     ("batch norm", re.compile(r"^triton_(poi|red|per)_.*batch_norm", re.IGNORECASE)),
     ("other compiled", re.compile(r"^triton_(poi|red|per)_", re.IGNORECASE)),
     (
         "convolution",
-        re.compile(r"xmma|cutlass|implicit_gemm|convolve|^triton_tem_.*convolution", re.IGNORECASE),
+        re.compile(
+            r"fprop|dgrad|wgrad|ImplicitGemmConvolution|ReduceSplitK|convolve|winograd|^triton_tem_.*convolution",
+            re.IGNORECASE,
+        ),
     ),
     ("batch norm", re.compile(r"batch_?norm", re.IGNORECASE)),
 )

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from lt_bench.models.resnet_cifar import resnet32
+from lt_bench.reports.provenance import git_state
 
 BATCH, CLASSES, LR, MOMENTUM, WEIGHT_DECAY = 128, 10, 0.1, 0.9, 2e-4
 #: largest difference the equality check (float64) accepts
@@ -192,7 +193,13 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        settings = {"ks": args.ks, "precision": args.precision, "channels_last": args.channels_last}
+        settings = {
+            "ks": args.ks,
+            "precision": args.precision,
+            "channels_last": args.channels_last,
+            "steps": args.steps,
+            "git": git_state(),
+        }
         meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, **settings}
         args.json.write_text(json.dumps({**meta, "check_difference": difference, "rows": rows}, indent=1))
 

@@ -252,13 +252,9 @@ def test_a_compiled_run_is_its_own_row_and_replaces_no_seed(runs: Path) -> None:
         "bf16-mixed, compiled",
         "32-true, compiled max-autotune-no-cudagraphs",
     }
-    assert list(pd.read_csv(io.StringIO(table([runs], "csv"))).columns[:5]) == [
-        "dataset",
-        "imbalance_factor",
-        "profile",
-        "method",
-        "n",
-    ]
+    stats = [f"{col}_{stat}" for col in COLUMNS for stat in ("mean", "std")]
+    header = ["dataset", "imbalance_factor", "profile", "method", "n", *stats, "relative"]
+    assert list(pd.read_csv(io.StringIO(table([runs], "csv"))).columns) == header
 
 
 def test_groups_by_dataset_and_imbalance_factor(tmp_path: Path) -> None:
@@ -333,7 +329,13 @@ def test_record_variants_become_their_own_rows(tmp_path: Path) -> None:
 
 
 def _record(
-    path: Path, method: str, seed: int, top1: float, profile: str | None = "exp", precision: str | None = None
+    path: Path,
+    method: str,
+    seed: int,
+    top1: float,
+    profile: str | None = "exp",
+    precision: str | None = None,
+    compile_mode: str | None = None,
 ) -> None:
     record = {
         "dataset": "cifar10_lt",
@@ -346,6 +348,8 @@ def _record(
     }
     if precision is not None:
         record["config"] = {"trainer": {"precision": precision}}
+    if compile_mode is not None:
+        record.setdefault("config", {})["train"] = {"compile": compile_mode}
     path.mkdir(parents=True)
     (path / "record.json").write_text(json.dumps(record))
 
@@ -365,6 +369,29 @@ def test_relative_accuracy_from_balanced_set_runs(tmp_path: Path) -> None:
     text = table([tmp_path])
     assert text.splitlines()[0].endswith("| relative |")
     assert "| cifar10_lt | 100 | ce (balanced set) | 1 | 80.00 |" in text
+
+
+def test_relative_accuracy_of_compiled_rows(tmp_path: Path) -> None:
+    """A compiled row takes A_v from compiled CE on the balanced set when that run exists, else from the
+    uncompiled one of its precision; its own compiled balanced-set run is its A_b."""
+
+    def relative(folder: Path, method: str) -> float:
+        return summarize(records_frame([folder])).set_index("method").loc[method, "relative"]
+
+    _record(tmp_path / "a" / "ce_bal", "ce", 0, 0.80, profile="balanced")
+    _record(tmp_path / "a" / "bs_c", "balanced_softmax", 0, 0.70, compile_mode="default")
+    assert relative(tmp_path / "a", "balanced_softmax (compiled)") == pytest.approx(0.70 / 0.80)
+    _record(tmp_path / "b" / "ce_bal_c", "ce", 0, 0.90, profile="balanced", compile_mode="default")
+    _record(tmp_path / "b" / "bs_c", "balanced_softmax", 0, 0.70, compile_mode="default")
+    _record(tmp_path / "b" / "ce_c", "ce", 0, 0.60, compile_mode="default")
+    assert relative(tmp_path / "b", "balanced_softmax (compiled)") == pytest.approx(0.70 / 0.90)
+    assert relative(tmp_path / "b", "ce (compiled)") == pytest.approx(0.60 / 0.90)
+    _record(tmp_path / "b" / "ce_bal", "ce", 0, 0.80, profile="balanced")  # the compiled A_v still wins
+    assert relative(tmp_path / "b", "balanced_softmax (compiled)") == pytest.approx(0.70 / 0.90)
+    _record(
+        tmp_path / "b" / "bs_bal_c", "balanced_softmax", 0, 0.95, profile="balanced", compile_mode="default"
+    )
+    assert relative(tmp_path / "b", "balanced_softmax (compiled)") == pytest.approx(0.70 / 0.95)
 
 
 def test_relative_accuracy_takes_ce_on_the_balanced_set_in_the_rows_precision(tmp_path: Path) -> None:

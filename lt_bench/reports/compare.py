@@ -171,8 +171,8 @@ def load_groups(paths: list[Path]) -> list[Group]:
 
 def baseline_group(groups: list[Group], label: str) -> Group | None:
     """The group labelled ``label``; else the first whose table name (``record_key``'s method: no place
-    or folder, with its precision and balanced-set tags) is ``label``; else the only group whose runs'
-    method is ``label``; None when none of these names one."""
+    or folder, with its precision, compile and balanced-set tags) is ``label``; else the only group whose
+    runs' method is ``label``; None when none of these names one."""
     for group in groups:
         if group.label == label:
             return group

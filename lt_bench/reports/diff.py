@@ -122,7 +122,8 @@ def diff_table(a: list[Path], b: list[Path], metric: str = "top1") -> str:
 def add_diff_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "diff",
-        help="two benchmark tables side by side (float32 vs bf16, two commits): B − A and the seed spread",
+        help="two benchmark tables side by side (float32 vs bf16, compiled vs not, two commits): B − A "
+        "and the seed spread",
     )
     p.add_argument("a", help="table A: a folder of run records (or one record.json)")
     p.add_argument("b", help="table B: a folder of run records (or one record.json)")

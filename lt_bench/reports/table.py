@@ -96,8 +96,9 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
     """One row per run (test-set metrics) and per variant it records (e.g. ``sade+tta`` from
     ``metrics.test_sade_tta``), keyed as ``record_key`` (a balanced-set run's rows carry profile
     ``exp`` and the ``(balanced set)`` method name, a run in another precision than float32 or compiled
-    its setting tag); ``base_method`` is the method name without that tag, ``precision`` and ``setting``
-    (``record_setting``) the run's. A re-run of the same seed keeps the newest record."""
+    its setting tag); ``base_method`` is the method name without that tag, ``precision``, ``compile``
+    (the mode or None) and ``setting`` (``record_setting``) the run's. A re-run of the same seed keeps
+    the newest record."""
     rows = []
     for path in find_records(paths):
         record = read_record(path)
@@ -117,11 +118,12 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
                     "base_method": balanced_label(method) if balanced else method,
                     "precision": record_precision(record),
                     "setting": record_setting(record),
+                    "compile": record_compile(record),
                     **{col: result.get(col) for col in COLUMNS},
                 }
             )
     frame = pd.DataFrame(
-        rows, columns=[*KEYS, "seed", "finished", "base_method", "precision", "setting", *COLUMNS]
+        rows, columns=[*KEYS, "seed", "finished", "base_method", "precision", "setting", "compile", *COLUMNS]
     )
     frame[list(COLUMNS)] = frame[list(COLUMNS)].astype(float)
     return newest_per_seed(frame)
@@ -140,12 +142,13 @@ def balanced_label(method: str) -> str:
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, IF, profile, method): ``n`` seeds, the ``precision``, ``<col>_mean`` and
-    ``<col>_std`` (NaN for one seed), and ``relative`` accuracy where balanced-set runs exist
-    (``add_relative_accuracy``)."""
+    """Per (dataset, IF, profile, method): ``n`` seeds, the ``precision`` and ``compile`` mode (None when
+    uncompiled), ``<col>_mean`` and ``<col>_std`` (NaN for one seed), and ``relative`` accuracy where
+    balanced-set runs exist (``add_relative_accuracy``)."""
     grouped = frame.groupby(list(KEYS), sort=True, dropna=False)
     out = grouped.size().rename("n").to_frame()
     out["precision"] = grouped["precision"].first()
+    out["compile"] = grouped["compile"].first()
     for col in COLUMNS:
         out[f"{col}_mean"] = grouped[col].mean()
         out[f"{col}_std"] = grouped[col].std(ddof=1)
@@ -156,15 +159,19 @@ def add_relative_accuracy(summary: pd.DataFrame) -> pd.DataFrame:
     """``relative = A_t / max(A_v, A_b)`` (survey §4.1, metrics.md §2.2) from mean top-1 accuracies.
 
     A_v is CE trained on the balanced set of the same dataset, IF and precision (``ce (balanced set)``),
-    A_b the method itself on that set when it was run (else A_u = A_v, valid when A_b <= A_v). NaN
-    without A_v.
+    compiled as the row is when such a run exists, else uncompiled (compiling does not change what is
+    computed); A_b the method itself on that set when it was run (else A_u = A_v, valid when
+    A_b <= A_v). NaN without A_v.
     """
     top1 = {(r.dataset, r.imbalance_factor, r.profile, r.method): r.top1_mean for r in summary.itertuples()}
     relative = []
     for r in summary.itertuples():
-        vanilla_ce = balanced_label(setting_label("ce", r.precision))
-        vanilla = top1.get((r.dataset, r.imbalance_factor, r.profile, vanilla_ce))
-        own = top1.get((r.dataset, r.imbalance_factor, r.profile, balanced_label(r.method)))
+        place = (r.dataset, r.imbalance_factor, r.profile)
+        compile_mode = r.compile if isinstance(r.compile, str) else None
+        vanilla = top1.get((*place, balanced_label(setting_label("ce", r.precision, compile_mode))))
+        if vanilla is None:
+            vanilla = top1.get((*place, balanced_label(setting_label("ce", r.precision))))
+        own = top1.get((*place, balanced_label(r.method)))
         lt_run = not r.method.endswith("(balanced set)")
         ok = lt_run and vanilla is not None and vanilla > 0
         relative.append(relative_accuracy(r.top1_mean, vanilla, own) if ok else math.nan)
@@ -193,7 +200,7 @@ def mean_std_cell(mean: float, std: float, pm: str) -> str:
 def render(summary: pd.DataFrame, fmt: str = "md") -> str:
     """The table in Markdown, CSV (raw fractions) or LaTeX; accuracies shown in percent."""
     if fmt == "csv":
-        return summary.drop(columns="precision").to_csv(index=False)
+        return summary.drop(columns=["precision", "compile"]).to_csv(index=False)
     pm = r"$\pm$" if fmt == "latex" else "±"
     shown = pd.DataFrame(
         {
