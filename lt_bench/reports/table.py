@@ -49,25 +49,24 @@ def record_compile(record: dict) -> str | None:
     return None if mode is None else str(mode)
 
 
-def setting_tags(precision: str, compile_mode: str | None) -> list[str]:
-    """What sets a run apart from the float32, uncompiled default: ``["bf16-mixed", "compiled"]``."""
-    tags = [] if precision == "32-true" else [precision]
-    if compile_mode is not None:
-        tags.append("compiled" if compile_mode == "default" else f"compiled {compile_mode}")
-    return tags
+def compile_tag(compile_mode: str | None) -> str | None:
+    """``compiled`` for ``train.compile=default``, ``compiled <mode>`` for another mode, None uncompiled."""
+    if compile_mode is None:
+        return None
+    return "compiled" if compile_mode == "default" else f"compiled {compile_mode}"
 
 
 def setting_label(method: str, precision: str, compile_mode: str | None = None) -> str:
     """``method`` tagged with its precision when not float32 and with ``train.compile`` when set:
     ``ce (bf16-mixed)``, ``ce (compiled)``, ``ce (bf16-mixed, compiled)``."""
-    tags = setting_tags(precision, compile_mode)
+    tags = [tag for tag in (None if precision == "32-true" else precision, compile_tag(compile_mode)) if tag]
     return f"{method} ({', '.join(tags)})" if tags else method
 
 
 def record_setting(record: dict) -> str:
     """The precision and compile mode of a run as one name: ``32-true``, ``bf16-mixed, compiled``."""
-    precision = record_precision(record)
-    return ", ".join([precision, *setting_tags("32-true", record_compile(record))])
+    precision, tag = record_precision(record), compile_tag(record_compile(record))
+    return precision if tag is None else f"{precision}, {tag}"
 
 
 def table_label(method: str, record: dict) -> str:
