@@ -74,31 +74,35 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
         summary = engine.fit()
         wall = time.perf_counter() - started
     cfg, device = engine.cfg, engine.device
-    timed = summary.epoch_seconds[:epochs]
-    steady = statistics.median(timed[1:] or timed)
+
+    def steady(seconds: list[float]) -> float:
+        """Median of a stage's epochs after its first (warm-up steps and capture)."""
+        return statistics.median(seconds[1:] or seconds)
+
+    def epoch_images(batch: int) -> int:
+        """Images an epoch trains at ``batch`` (BALMS's recipe stops epochs early)."""
+        batches = limited_batches(cfg.trainer.get("limit_train_batches"), -(-len(engine.targets) // batch))
+        return min(len(engine.targets), batches * batch)
+
     batch = int(cfg.data.batch_size)
-    batches = limited_batches(cfg.trainer.get("limit_train_batches"), -(-len(engine.targets) // batch))
-    epoch_images = min(len(engine.targets), batches * batch)  # BALMS's recipe stops epochs early
+    seconds = steady(summary.epoch_seconds[:epochs])
     second_stage = {}
-    if stages:  # its first epoch holds the stage's warm-up steps and capture, as epoch 1 does
-        later = summary.epoch_seconds[epochs:]
+    if stages:
+        later, batch2 = summary.epoch_seconds[epochs:], int(cfg.method.stage2_batch_size)
+        seconds2 = round(steady(later), 4)
         second_stage = {
-            "stage2_batch_size": int(cfg.method.stage2_batch_size),
+            "stage2_batch_size": batch2,
             "stage2_first_epoch_s": round(later[0], 3),
-            "stage2_seconds_per_epoch": round(statistics.median(later[1:] or later), 4),
+            "stage2_seconds_per_epoch": seconds2,
+            "stage2_images_per_second": round(epoch_images(batch2) / seconds2, 1),
         }
-        batch2 = second_stage["stage2_batch_size"]
-        batches2 = limited_batches(cfg.trainer.get("limit_train_batches"), -(-len(engine.targets) // batch2))
-        images2 = min(len(engine.targets), batches2 * batch2)
-        seconds2 = second_stage["stage2_seconds_per_epoch"]
-        second_stage["stage2_images_per_second"] = round(images2 / seconds2, 1)
     return {
         "method": name,
         "batch_size": batch,
         "epochs_timed": epochs,
         "first_epoch_s": round(summary.epoch_seconds[0], 3),
-        "seconds_per_epoch": round(steady, 4),
-        "images_per_second": round(epoch_images / steady, 1),
+        "seconds_per_epoch": round(seconds, 4),
+        "images_per_second": round(epoch_images(batch) / seconds, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
         if device.type == "cuda"
         else None,
@@ -108,7 +112,7 @@ def time_method(name: str, root: str, epochs: int, extra: list[str]) -> dict:
         "compile": cfg.train.compile,
         "wall_s": round(wall, 2),
         "reference_s": REFERENCE_SECONDS.get(name),
-        "speedup_vs_reference": round(REFERENCE_SECONDS[name] / steady, 2)
+        "speedup_vs_reference": round(REFERENCE_SECONDS[name] / seconds, 2)
         if name in REFERENCE_SECONDS
         else None,
         **second_stage,

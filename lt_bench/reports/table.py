@@ -63,9 +63,9 @@ def setting_label(method: str, precision: str, compile_mode: str | None = None) 
     return f"{method} ({', '.join(tags)})" if tags else method
 
 
-def record_setting(record: dict) -> str:
-    """The precision and compile mode of a run as one name: ``32-true``, ``bf16-mixed, compiled``."""
-    precision, tag = record_precision(record), compile_tag(record_compile(record))
+def setting_name(precision: str, compile_mode: str | None) -> str:
+    """A precision and compile mode as one name: ``32-true``, ``bf16-mixed, compiled``."""
+    tag = compile_tag(compile_mode)
     return precision if tag is None else f"{precision}, {tag}"
 
 
@@ -96,13 +96,14 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
     ``metrics.test_sade_tta``), keyed as ``record_key`` (a balanced-set run's rows carry profile
     ``exp`` and the ``(balanced set)`` method name, a run in another precision than float32 or compiled
     its setting tag); ``base_method`` is the method name without that tag, ``precision``, ``compile``
-    (the mode or None) and ``setting`` (``record_setting``) the run's. A re-run of the same seed keeps
+    (the mode or None) and ``setting`` (``setting_name``) the run's. A re-run of the same seed keeps
     the newest record."""
     rows = []
     for path in find_records(paths):
         record = read_record(path)
         dataset, imbalance, profile = place_key(record)
         balanced = record_profile(record) == "balanced"
+        precision, compile_mode = record_precision(record), record_compile(record)
         variants = {record["method"]: "test", **record.get("variants", {})}
         for method, key in variants.items():
             result = record["metrics"][key]
@@ -115,9 +116,9 @@ def records_frame(paths: list[Path]) -> pd.DataFrame:
                     "seed": record["seed"],
                     "finished": record["provenance"]["finished"],
                     "base_method": balanced_label(method) if balanced else method,
-                    "precision": record_precision(record),
-                    "setting": record_setting(record),
-                    "compile": record_compile(record),
+                    "precision": precision,
+                    "setting": setting_name(precision, compile_mode),
+                    "compile": compile_mode,
                     **{col: result.get(col) for col in COLUMNS},
                 }
             )
